@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the tests).
+# Each installs what it needs by itself into a local virtual environment (.venv).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned to the releases this project is developed and tested with.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: venv data demo test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e ".[bench,test,perf]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+# Debian's dataset-fashion-mnist package holds the original FashionMNIST idx files.
+data:
+	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "dataset-fashion-mnist not installed: the benchmarks fall back to torchvision's download"; \
+	  fi; \
+	fi
+
+demo: venv data
+	$(BIN)/python examples/quickstart.py
+
+test: venv data
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 2
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
