@@ -103,3 +103,18 @@ def test_two_gloo_ranks_match_one_process(tmp_path) -> None:
             assert torch.equal(a, b)
         # the weights really were mixed (not a trivial vertex), so the test can fail
         assert any(0.01 < float(w.max()) < 0.99 for w in ref["weights"])
+
+
+def test_ddp_example_under_torchrun() -> None:
+    """examples/ddp_ib.py, launched as documented, keeps the ranks identical."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node=2", "--standalone",
+           str(root / "examples" / "ddp_ib.py"), "--steps", "5"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "step   5" in out.stdout
+    assert "max parameter difference across ranks: 0" in out.stdout

@@ -1,0 +1,414 @@
+"""Step overhead of mograd against plain Adam and TorchJD, in one run.
+
+For each model and number of losses k, every method trains its own copy of the same model on
+the same batch; steps are interleaved (one step of each method per round) so that machine
+noise hits all of them alike. Reported: the median wall time of a full step (forward,
+backward, optimizer step) and its ratio to plain Adam on the summed losses, and the peak
+memory a step adds (CUDA: ``max_memory_allocated``; CPU: peak RSS growth of a fresh child
+process running that method alone).
+
+Methods:
+    adam            plain Adam on the sum of the losses (the baseline, ratio 1.00)
+    mograd          MOWrapper(Adam), exact per-loss gradients (the paper's method)
+    mograd_repr     MOWrapper(Adam) in representation mode (features=z, MGDA-UB)
+    torchjd_mgda    TorchJD autojac.backward + jac_to_grad(MGDA()) + Adam
+    torchjd_upgrad  TorchJD autojac.backward + jac_to_grad(UPGrad()) + Adam
+
+Models (batch 128): ``mlp`` (784-512-512-128 encoder, 10-class head; CE and a KL-like term on
+the encoder output), ``cnn`` and ``resnet18`` (the IB models of ``benchmarks/ibkit``,
+28x28 grey input; CE and the Gaussian KL). With k = 8 the batch is split into four quarters
+and each quarter contributes its CE and its KL term.
+
+Examples:
+    python benchmarks/step_overhead.py                      # quick preset, this CPU
+    python benchmarks/step_overhead.py --models mlp --k 2   # the core issue's measurement
+    python benchmarks/step_overhead.py --preset paper --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+
+import mograd  # noqa: E402
+
+METHODS = ("adam", "mograd", "mograd_repr", "torchjd_mgda", "torchjd_upgrad")
+MODELS = ("mlp", "cnn", "resnet18")
+PRESETS = {
+    "quick": {
+        "models": ["mlp", "cnn", "resnet18"],
+        "k": [2, 8],
+        "steps": 30,
+        "warmup": 5,
+        "resnet_steps": 4,
+    },
+    "paper": {
+        "models": ["mlp", "cnn", "resnet18"],
+        "k": [2, 8],
+        "steps": 100,
+        "warmup": 10,
+        "resnet_steps": 30,
+    },
+}
+BATCH = 128
+
+
+class MLPEncoder(nn.Module):
+    """784-512-512-128 encoder with a 10-class head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 128)
+        )
+        self.head = nn.Linear(128, 10)
+
+
+@dataclass
+class Task:
+    """A model and a function mapping it to (losses, features) on a fixed batch."""
+
+    model: nn.Module
+    forward: Callable[[nn.Module], tuple[list[torch.Tensor], list[torch.Tensor]]]
+
+
+def _split_losses(
+    ce: Callable[[slice], torch.Tensor], kl: Callable[[slice], torch.Tensor], k: int
+) -> list[torch.Tensor]:
+    if k == 2:
+        return [ce(slice(None)), kl(slice(None))]
+    if k == 8:
+        q = BATCH // 4
+        parts = [slice(i * q, (i + 1) * q) for i in range(4)]
+        return [ce(s) for s in parts] + [kl(s) for s in parts]
+    raise ValueError(f"k must be 2 or 8, got {k}")
+
+
+def build_task(name: str, k: int, device: torch.device) -> Task:
+    """The model ``name`` with its batch and losses (seeded: every call builds the same)."""
+    torch.manual_seed(0)
+    y = torch.randint(0, 10, (BATCH,), device=device)
+    if name == "mlp":
+        model = MLPEncoder().to(device)
+        x = torch.rand(BATCH, 784, device=device)
+
+        def forward_mlp(m: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            z = m.encoder(x)
+            logits = m.head(z)
+            losses = _split_losses(
+                lambda s: F.cross_entropy(logits[s], y[s]),
+                lambda s: 0.5 * z[s].pow(2).sum(-1).mean(),
+                k,
+            )
+            return losses, [z]
+
+        return Task(model, forward_mlp)
+    if name in ("cnn", "resnet18"):
+        from ibkit.models import build_model
+
+        model = build_model(name, 1, kind="gaussian").to(device)
+        x = torch.rand(BATCH, 1, 28, 28, device=device)
+
+        def forward_ib(m: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            stats = m.forward_stats(x)
+            mu, sigma = stats.mu, stats.sigma
+
+            def kl(s: slice) -> torch.Tensor:
+                var = sigma[s].pow(2)
+                return 0.5 * (mu[s].pow(2) + var - 1.0 - var.log()).sum(-1).mean()
+
+            losses = _split_losses(lambda s: F.cross_entropy(stats.logits[s], y[s]), kl, k)
+            return losses, [mu, sigma]
+
+        return Task(model, forward_ib)
+    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+
+
+def make_stepper(method: str, model: nn.Module, task: Task) -> Callable[[], None]:
+    """One full training step of ``method`` on its own ``model``."""
+    adam = torch.optim.Adam(model.parameters(), lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if method == "adam":
+
+        def step() -> None:
+            losses, _ = task.forward(model)
+            adam.zero_grad()
+            torch.stack(losses).sum().backward()
+            adam.step()
+
+        return step
+    if method in ("mograd", "mograd_repr"):
+        opt = mograd.MOWrapper(adam)
+        use_features = method == "mograd_repr"
+
+        def step() -> None:
+            losses, feats = task.forward(model)
+            opt.zero_grad()
+            opt.step(losses, features=feats if use_features else None)
+
+        return step
+    if method in ("torchjd_mgda", "torchjd_upgrad"):
+        from torchjd.aggregation import MGDA, UPGrad
+        from torchjd.autojac import backward, jac_to_grad
+
+        aggregator = MGDA() if method == "torchjd_mgda" else UPGrad()
+
+        def step() -> None:
+            losses, _ = task.forward(model)
+            adam.zero_grad()
+            backward(losses)
+            jac_to_grad(params, aggregator)
+            adam.step()
+
+        return step
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_methods(
+    model_name: str,
+    k: int,
+    methods: list[str],
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    progress: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Interleaved step times (seconds) of every method on identical copies of one task."""
+    task = build_task(model_name, k, device)
+    steppers = {m: make_stepper(m, copy.deepcopy(task.model), task) for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(warmup + steps):
+        order = methods if r % 2 == 0 else list(reversed(methods))
+        for m in order:
+            _sync(device)
+            t0 = time.perf_counter()
+            steppers[m]()
+            _sync(device)
+            if r >= warmup:
+                times[m].append(time.perf_counter() - t0)
+        if progress is not None:
+            progress()
+    return times
+
+
+def peak_memory_mb(model_name: str, k: int, method: str, device: torch.device) -> float:
+    """Peak memory (MiB) that three steps of ``method`` add on top of the model."""
+    if device.type == "cuda":
+        task = build_task(model_name, k, device)
+        step = make_stepper(method, task.model, task)
+        step()
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", model_name, str(k), method],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def _child(model_name: str, k: int, method: str) -> None:
+    torch.set_num_threads(1)
+    task = build_task(model_name, k, torch.device("cpu"))
+    step = make_stepper(method, task.model, task)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(3):
+        step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mb": (after - before) / 1024.0}))  # ru_maxrss is KiB on Linux
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    env: dict[str, object] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "mograd": mograd.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    try:
+        import torchjd
+
+        env["torchjd"] = getattr(torchjd, "__version__", "unknown")
+    except ImportError:
+        env["torchjd"] = None
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def markdown_table(rows: list[dict[str, object]], methods: list[str], memory: bool) -> str:
+    head = "| model | k | " + " | ".join(methods) + " |"
+    sep = "|---|---|" + "---|" * len(methods)
+    lines = [
+        "Median step time in ms (ratio to plain Adam on the summed losses)"
+        + (", then the peak memory a step adds in MiB." if memory else "."),
+        "",
+        head,
+        sep,
+    ]
+    for row in rows:
+        cells = []
+        for m in methods:
+            ms = row["median_ms"][m]  # type: ignore[index]
+            ratio = row["ratio"][m]  # type: ignore[index]
+            cell = f"{ms:.1f} ({ratio:.2f}x)"
+            if memory and row.get("peak_mb"):
+                cell += f", {row['peak_mb'][m]:.0f} MiB"  # type: ignore[index]
+            cells.append(cell)
+        lines.append(f"| {row['model']} | {row['k']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="quick: this 2-core CPU; paper: more steps, for a GPU (default quick)",
+    )
+    p.add_argument("--models", nargs="+", choices=MODELS, help="models (default: the preset's)")
+    p.add_argument("--k", nargs="+", type=int, choices=[2, 8], help="numbers of losses")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="methods (default: all; adam is always included)",
+    )
+    p.add_argument("--steps", type=int, help="timed steps per method (default: the preset's)")
+    p.add_argument("--warmup", type=int, help="untimed steps per method first")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: all cores on CPU)",
+    )
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "results" / "step_overhead",
+        help="output directory for results.json and table.md",
+    )
+    p.add_argument("--child", nargs=3, metavar=("MODEL", "K", "METHOD"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name in ("steps", "warmup", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "warmup" else 1):
+            p.error(f"--{name} must be positive, got {v}")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        p.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda requested but CUDA is not available")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, object]]:
+    args = parse_args(argv)
+    if args.child:
+        _child(args.child[0], int(args.child[1]), args.child[2])
+        return []
+    from tqdm import tqdm
+
+    preset = PRESETS[args.preset]
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    models = args.models or preset["models"]
+    ks = args.k or preset["k"]
+    methods = ["adam"] + [m for m in args.methods if m != "adam"]
+    warmup = preset["warmup"] if args.warmup is None else args.warmup
+    plan = []
+    for model_name in models:
+        steps = args.steps or (
+            preset["resnet_steps"] if model_name == "resnet18" else preset["steps"]
+        )
+        for k in ks:
+            plan.append((model_name, k, steps))
+    total = sum(warmup + s for _, _, s in plan)
+    rows: list[dict[str, object]] = []
+    started = time.time()
+    with tqdm(total=total, desc="rounds", unit="round") as bar:
+        for model_name, k, steps in plan:
+            bar.set_postfix_str(f"{model_name} k={k}")
+            times = time_methods(model_name, k, methods, steps, warmup, device, bar.update)
+            med = {m: statistics.median(t) * 1e3 for m, t in times.items()}
+            row: dict[str, object] = {
+                "model": model_name,
+                "k": k,
+                "steps": steps,
+                "median_ms": med,
+                "ratio": {m: med[m] / med["adam"] for m in methods},
+                "times_ms": {m: [v * 1e3 for v in t] for m, t in times.items()},
+            }
+            if not args.no_memory:
+                row["peak_mb"] = {m: peak_memory_mb(model_name, k, m, device) for m in methods}
+            rows.append(row)
+    table = markdown_table(rows, methods, not args.no_memory)
+    command = "python " + " ".join(
+        [os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])
+    )
+    env = environment(device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "command": command,
+        "environment": env,
+        "preset": args.preset,
+        "batch": BATCH,
+        "duration_s": time.time() - started,
+        "rows": rows,
+    }
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    header = (
+        f"Command: `{command}`\n\nMachine: {env['processor']}, {env['cpu_count']} cores, "
+        f"torch {env['torch']} ({env['torch_threads']} threads), device {env['device']}"
+        + (f" ({env['gpu']})" if "gpu" in env else "")
+        + "\n\n"
+    )
+    (args.out / "table.md").write_text(header + table)
+    print(header + table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The ```python blocks of README.md and docs/*.md run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def blocks() -> list[tuple[str, str]]:
+    out = []
+    for path in FILES:
+        if path.exists():
+            for i, code in enumerate(BLOCK.findall(path.read_text())):
+                out.append((f"{path.relative_to(ROOT)}#{i}", code))
+    return out
+
+
+@pytest.mark.parametrize(("where", "code"), blocks(), ids=[b[0] for b in blocks()])
+def test_doc_block_runs(where: str, code: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, where, "exec"), {"__name__": "__doc_example__"})
+
+
+def test_docs_have_examples() -> None:
+    names = {w.split("#")[0] for w, _ in blocks()}
+    assert {"README.md", "docs/quickstart.md", "docs/api.md"} <= names
