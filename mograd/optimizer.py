@@ -83,6 +83,14 @@ class StepInfo:
         return out
 
 
+def _all_finite(*tensors: torch.Tensor) -> torch.Tensor:
+    """One boolean tensor, without a host synchronization."""
+    out = torch.isfinite(tensors[0]).all()
+    for t in tensors[1:]:
+        out = out & torch.isfinite(t).all()
+    return out
+
+
 def _check_number(name: str, value: object, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a real number, got {value!r}")
@@ -197,11 +205,11 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
                         "wrapped optimizer"
                     )
         shared_ids = {id(p) for p in shared}
+        self._shared_ids = shared_ids
         # Layout: shared parameters first (a contiguous prefix of J), then the others.
         self._params: list[torch.Tensor] = [p for p in held if id(p) in shared_ids] + [
             p for p in held if id(p) not in shared_ids
         ]
-        self._n_shared = len(shared_ids)
 
         self._wrapper_state: dict[str, int] = {"steps": 0, "skipped": 0}
         self._skip_pending = False
@@ -270,19 +278,34 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state dict plus the wrapper's own state under ``"mograd"``."""
+        """The wrapped optimizer's state dict plus the wrapper's own state under ``"mograd"``.
+
+        State-dict hooks registered on the wrapper run as they would on any optimizer.
+        """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         sd = self.optimizer.state_dict()
         sd["mograd"] = dict(self._wrapper_state)
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            hook_result = post_hook(self, sd)
+            if hook_result is not None:
+                sd = hook_result
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict produced by :meth:`state_dict` (or by the bare wrapped optimizer)."""
         sd = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            hook_result = pre_hook(self, sd)
+            if hook_result is not None:
+                sd = dict(hook_result)
         own = sd.pop("mograd", None)
         self.optimizer.load_state_dict(sd)
         if own is not None:
             self._wrapper_state = {"steps": int(own["steps"]), "skipped": int(own["skipped"])}
         self._skip_pending = False
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     @property
     def steps(self) -> int:
@@ -542,7 +565,9 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         gram = shared @ shared.T
         w, w_tilde, coeffs, iters = self._weights_and_coefficients(gram, loss_values)
         combined = coeffs.to(jac.dtype) @ jac
-        finite = torch.isfinite(loss_values).all() & torch.isfinite(combined).all()
+        finite = _all_finite(loss_values, gram)  # NaN/inf in a shared gradient reach G
+        if n_shared < jac.shape[1]:
+            finite = finite & torch.isfinite(jac[:, n_shared:].sum())
         norms, cosines = self._diagnostics(gram)
         if scale is not None:
             norms = norms / scale.to(norms.dtype)
@@ -556,8 +581,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         return info
 
     def _n_shared_in(self, params: list[torch.Tensor]) -> int:
-        shared_ids = {id(p) for p in self._params[: self._n_shared]}
-        return sum(1 for p in params if id(p) in shared_ids)
+        return sum(1 for p in params if id(p) in self._shared_ids)
 
     def _skip(self, info: StepInfo) -> StepInfo:
         info.skipped = True
@@ -577,7 +601,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
         one = torch.ones(1, dtype=loss_values.dtype, device=loss_values.device)
         info = StepInfo(one, one, one, loss_values, norm.reshape(1).to(one.dtype), one[:, None], 0)
-        finite = torch.isfinite(loss_values).all() & torch.isfinite(norm)
+        finite = _all_finite(loss_values, norm)
         if self._handle_nonfinite(nonfinite, finite, loss_values, None):
             return self._skip(info)
         self._accumulate(params, grads)
@@ -639,8 +663,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             present = [f.view_as(g) for f, g in zip(present, [g for g in grads if g is not None])]
         if nonfinite != "ignore":
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
-            finite = torch.isfinite(loss_values).all() & torch.isfinite(norm)
-            finite = finite & torch.isfinite(gram).all()
+            finite = _all_finite(loss_values, norm, gram)
             if self._handle_nonfinite(nonfinite, finite, loss_values, jac_z):
                 return self._skip(info)
         it = iter(present)

@@ -328,3 +328,45 @@ def test_closure_step() -> None:
 
     info = opt.step(closure=closure)
     assert info is not None and not torch.equal(model.trunk.weight, before)
+
+
+class CountBackward(torch.autograd.Function):
+    """Identity whose backward counts its calls."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        CountBackward.calls += 1
+        return grad
+
+
+def test_a_loss_back_propagates_only_through_what_it_reaches() -> None:
+    """The IB KL term reaches only the encoder: the decoder's backward runs once per step."""
+    torch.manual_seed(0)
+    enc, dec = nn.Linear(4, 6), nn.Linear(6, 3)
+    opt = MOWrapper(torch.optim.SGD([*enc.parameters(), *dec.parameters()], lr=0.1))
+    z = enc(torch.randn(8, 4))
+    logits = CountBackward.apply(dec(z))
+    enc_marker = CountBackward.apply(z)
+    CountBackward.calls = 0
+    opt.backward([nn.functional.cross_entropy(logits, torch.zeros(8, dtype=torch.long)),
+                  enc_marker.pow(2).mean()])
+    # decoder marker: once (CE only); encoder marker: once (KL only) -> 2, not 3 or 4
+    assert CountBackward.calls == 2
+
+
+def test_state_dict_hooks_run_on_the_wrapper() -> None:
+    model, x = make()
+    opt = MOWrapper(torch.optim.Adam(model.parameters(), lr=1e-2))
+    opt.step(losses_of(model, x))
+    seen = []
+    opt.register_state_dict_post_hook(lambda o, sd: seen.append(("post", sorted(sd))))
+    opt.register_load_state_dict_post_hook(lambda o: seen.append(("load",)))
+    sd = opt.state_dict()
+    opt.load_state_dict(sd)
+    assert seen == [("post", ["mograd", "param_groups", "state"]), ("load",)]
