@@ -238,15 +238,31 @@ def peak_memory_mb(model_name: str, k: int, method: str, device: torch.device) -
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def _child(model_name: str, k: int, method: str) -> None:
     torch.set_num_threads(1)
     task = build_task(model_name, k, torch.device("cpu"))
     step = make_stepper(method, task.model, task)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    linux = os.path.exists("/proc/self/clear_refs")
+    if linux:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        before = _proc_status_kib("VmRSS")
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(3):
         step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": (after - before) / 1024.0}))  # ru_maxrss is KiB on Linux
+    after = (
+        _proc_status_kib("VmHWM") if linux else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    )
+    print(json.dumps({"peak_mb": (after - before) / 1024.0}))
 
 
 def environment(device: torch.device) -> dict[str, object]:
@@ -294,6 +310,29 @@ def markdown_table(rows: list[dict[str, object]], methods: list[str], memory: bo
     return "\n".join(lines) + "\n"
 
 
+def plot_ratios(rows: list[dict[str, object]], methods: list[str], path: Path) -> None:
+    """Grouped bars: step-time ratio to plain Adam per (model, k) and method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['model']}\nk={r['k']}" for r in rows]
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(rows), 4))
+    for j, m in enumerate(methods):
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(xs, [r["ratio"][m] for r in rows], width, label=m)  # type: ignore[index]
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(rows)), labels)
+    ax.set_ylabel("median step time / plain Adam")
+    ax.set_title("Step overhead (lower is better)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -329,7 +368,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=ROOT / "results" / "step_overhead",
-        help="output directory for results.json and table.md",
+        help="output directory for results.json, table.md and overhead.png",
     )
     p.add_argument("--child", nargs=3, metavar=("MODEL", "K", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -406,6 +445,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         + "\n\n"
     )
     (args.out / "table.md").write_text(header + table)
+    plot_ratios(rows, methods, args.out / "overhead.png")
     print(header + table)
     return rows
 

@@ -1,0 +1,47 @@
+"""A tiny real run of benchmarks/step_overhead.py (speed targets live in the benchmark)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import step_overhead  # noqa: E402
+
+
+def test_tiny_run_writes_table_json_and_figure(tmp_path) -> None:
+    out = tmp_path / "so"
+    rows = step_overhead.main(
+        ["--models", "mlp", "--k", "2", "8", "--steps", "2", "--warmup", "1", "--threads", "1",
+         "--methods", "adam", "mograd", "mograd_repr", "torchjd_mgda", "--no-memory",
+         "--out", str(out)]
+    )
+    assert [(r["model"], r["k"]) for r in rows] == [("mlp", 2), ("mlp", 8)]
+    data = json.loads((out / "results.json").read_text())
+    assert data["command"].startswith("python ") and data["environment"]["torch"]
+    for row in data["rows"]:
+        assert row["ratio"]["adam"] == pytest.approx(1.0)
+        for m in ("mograd", "mograd_repr", "torchjd_mgda"):
+            assert math.isfinite(row["ratio"][m]) and row["ratio"][m] > 0
+            assert len(row["times_ms"][m]) == 2
+    table = (out / "table.md").read_text()
+    assert "| mlp | 8 |" in table and "torchjd_mgda" in table
+    assert (out / "overhead.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_peak_memory_of_a_fresh_child_process() -> None:
+    # Adam's two moment buffers alone are 2 x 0.73 M floats (5.6 MiB) for this MLP.
+    assert step_overhead.peak_memory_mb("mlp", 2, "mograd", step_overhead.torch.device("cpu")) > 5
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--device", "tpu"], ["--k", "3"]])
+def test_bad_arguments_exit_with_a_message(bad, capsys) -> None:
+    with pytest.raises(SystemExit):
+        step_overhead.main(bad)
+    assert "error" in capsys.readouterr().err
