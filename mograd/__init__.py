@@ -9,9 +9,10 @@ Wrap any ``torch.optim`` optimizer and step on several losses at once::
 Each step computes the per-loss gradients, finds min-norm weights with Frank-Wolfe
 (:mod:`mograd.solver`), reweights them nonlinearly and aggregates them with the Smooth-IB
 log-sum-exp rule (:mod:`mograd.weighting`), then lets the wrapped optimizer step
-(:mod:`mograd.optimizer`).
+(:mod:`mograd.optimizer`). :mod:`mograd.pareto` measures and traces Pareto fronts.
 """
 
+from . import pareto
 from .optimizer import MOWrapper, MultiObjectiveOptimizer, NonFiniteError, StepInfo
 from .solver import MinNormResult, min_norm_solve, min_norm_weights
 from .weighting import reweight, smooth_coefficients, smooth_ib_loss
@@ -27,6 +28,7 @@ __all__ = [
     "__version__",
     "min_norm_solve",
     "min_norm_weights",
+    "pareto",
     "reweight",
     "smooth_coefficients",
     "smooth_ib_loss",
