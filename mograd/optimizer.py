@@ -368,7 +368,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
                     f"losses are on different devices: losses[0] on {device}, "
                     f"losses[{i}] on {loss.device}"
                 )
-        return [loss.reshape(()) for loss in losses]
+        return [loss if loss.dim() == 0 else loss.reshape(()) for loss in losses]
 
     def _fixed_weights(self, k: int, ref: torch.Tensor) -> torch.Tensor:
         if self.weights == "equal":
@@ -601,7 +601,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
         one = torch.ones(1, dtype=loss_values.dtype, device=loss_values.device)
         info = StepInfo(one, one, one, loss_values, norm.reshape(1).to(one.dtype), one[:, None], 0)
-        finite = _all_finite(loss_values, norm)
+        finite = _all_finite(loss_values, norm)  # the norm is reported anyway
         if self._handle_nonfinite(nonfinite, finite, loss_values, None):
             return self._skip(info)
         self._accumulate(params, grads)
@@ -662,8 +662,9 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             present = list(torch.split(flat, [g.numel() for g in present]))
             present = [f.view_as(g) for f, g in zip(present, [g for g in grads if g is not None])]
         if nonfinite != "ignore":
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
-            finite = _all_finite(loss_values, norm, gram)
+            # A sum per tensor is the cheapest read that NaN and inf survive.
+            total_sum = torch.stack([g.sum() for g in present]).sum()
+            finite = _all_finite(loss_values, total_sum, gram)
             if self._handle_nonfinite(nonfinite, finite, loss_values, jac_z):
                 return self._skip(info)
         it = iter(present)

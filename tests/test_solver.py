@@ -33,9 +33,10 @@ def exact_min_norm(g: np.ndarray) -> float:
             rhs = np.zeros(m + 1)
             rhs[m] = 1.0
             sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:m]
-            if np.all(sol >= -1e-12) and np.all(np.isfinite(sol)):
+            clipped = np.clip(sol, 0, None)
+            if np.all(sol >= -1e-12) and np.all(np.isfinite(sol)) and clipped.sum() > 0:
                 w = np.zeros(k)
-                w[idx] = np.clip(sol, 0, None) / np.clip(sol, 0, None).sum()
+                w[idx] = clipped / clipped.sum()
                 best = min(best, float(w @ g @ w))
     return max(best, 0.0)
 
