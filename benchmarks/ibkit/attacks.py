@@ -1,0 +1,174 @@
+"""The seven torchattacks attacks of the paper and their settings (SPEC 3).
+
+Inputs are in [0, 1] and the model normalises internally, so torchattacks' own
+normalization support is not used. Attacks run with the model in eval mode, i.e. against the
+deterministic function that is scored (z = mu, or h without noise); torchattacks itself puts
+the model in eval mode while it attacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchattacks
+from torch import nn
+
+from .data import TensorData
+
+ATTACKS = ("FGSM", "PGD", "NIFGSM", "EOTPGD", "MIFGSM", "UPGD", "Jitter")
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Perturbation budget shared by all attacks.
+
+    Attributes:
+        eps: L-infinity radius.
+        alpha: Step size of the iterative attacks.
+        steps: Iterations of the iterative attacks.
+    """
+
+    eps: float
+    alpha: float
+    steps: int
+
+
+SETTINGS: dict[str, AttackSettings] = {
+    "fashion_mnist": AttackSettings(eps=1 / 255, alpha=2 / 255, steps=10),
+    "cifar10": AttackSettings(eps=8 / 255, alpha=10 / 255, steps=10),
+}
+
+
+def canonical_attack(name: str) -> str:
+    """Resolve an attack name case-insensitively.
+
+    Raises:
+        ValueError: Unknown attack.
+    """
+    for known in ATTACKS:
+        if known.lower() == name.lower():
+            return known
+    raise ValueError(f"unknown attack {name!r}; expected one of {ATTACKS}")
+
+
+def build_attack(name: str, model: nn.Module, settings: AttackSettings) -> torchattacks.Attack:
+    """Construct one torchattacks attack with the given budget.
+
+    FGSM uses only ``eps``. The others use ``eps``, ``alpha`` and ``steps`` with torchattacks'
+    defaults for everything else (random start for PGD, EOTPGD and Jitter; ``eot_iter=2`` for
+    EOTPGD; ``decay=1.0`` for NIFGSM, MIFGSM and UPGD).
+
+    Args:
+        name: One of :data:`ATTACKS` (case-insensitive).
+        model: The model under attack (inputs in [0, 1]).
+        settings: The budget.
+
+    Returns:
+        The attack object.
+    """
+    name = canonical_attack(name)
+    eps, alpha, steps = settings.eps, settings.alpha, settings.steps
+    if name == "FGSM":
+        return torchattacks.FGSM(model, eps=eps)
+    if name == "PGD":
+        return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps)
+    if name == "NIFGSM":
+        return torchattacks.NIFGSM(model, eps=eps, alpha=alpha, steps=steps)
+    if name == "EOTPGD":
+        return torchattacks.EOTPGD(model, eps=eps, alpha=alpha, steps=steps)
+    if name == "MIFGSM":
+        return torchattacks.MIFGSM(model, eps=eps, alpha=alpha, steps=steps)
+    if name == "UPGD":
+        return torchattacks.UPGD(model, eps=eps, alpha=alpha, steps=steps)
+    return torchattacks.Jitter(model, eps=eps, alpha=alpha, steps=steps)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: TensorData, batch_size: int = 500) -> float:
+    """Clean accuracy (%) of ``model`` in eval mode.
+
+    Args:
+        model: The model.
+        data: Test examples (on the model's device).
+        batch_size: Evaluation batch size.
+
+    Returns:
+        Accuracy in percent.
+    """
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+        correct += int((model(x).argmax(dim=1) == y).sum())
+    model.train(was_training)
+    return 100.0 * correct / max(len(data), 1)
+
+
+def adversarial_accuracy(
+    model: nn.Module,
+    data: TensorData,
+    name: str,
+    settings: AttackSettings,
+    *,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> float:
+    """Accuracy (%) on adversarial examples crafted by one attack against ``model``.
+
+    Args:
+        model: The model.
+        data: Test examples (on the model's device).
+        name: Attack name.
+        settings: Budget.
+        batch_size: Attack batch size.
+        seed: Seed for the attacks' random starts (reproducible numbers).
+
+    Returns:
+        Accuracy in percent.
+    """
+    was_training = model.training
+    model.eval()
+    attack = build_attack(name, model, settings)
+    devices = [data.x.device] if data.x.device.type == "cuda" else []
+    correct = 0
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(data), batch_size):
+            x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+            adv = attack(x, y)
+            with torch.no_grad():
+                correct += int((model(adv).argmax(dim=1) == y).sum())
+    model.train(was_training)
+    return 100.0 * correct / max(len(data), 1)
+
+
+def evaluate_attacks(
+    model: nn.Module,
+    data: TensorData,
+    names: tuple[str, ...] | list[str],
+    settings: AttackSettings,
+    *,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Clean accuracy ("NONE") and the accuracy under each attack, in percent.
+
+    Args:
+        model: The model.
+        data: Test examples (on the model's device).
+        names: Attacks to run.
+        settings: Budget.
+        batch_size: Batch size.
+        seed: Seed of the attacks' randomness.
+
+    Returns:
+        ``{"NONE": acc, "FGSM": acc, ...}``.
+    """
+    out = {"NONE": accuracy(model, data, batch_size)}
+    for name in names:
+        out[canonical_attack(name)] = adversarial_accuracy(
+            model, data, name, settings, batch_size=batch_size, seed=seed
+        )
+    return out

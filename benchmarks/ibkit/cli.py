@@ -1,0 +1,386 @@
+"""The command line shared by ``ib_fmnist.py`` and ``ib_cifar10.py``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import attacks as atk
+from .methods import ALL_METHODS, canonical_name
+from .report import load_runs, run_path, write_json, write_report
+from .train import RunConfig, prepare_data, run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRESETS = ("quick", "paper")
+_UNSET = object()  # default of the limit options, whose value None means "all"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults of one preset (every field can be overridden on the command line).
+
+    Attributes:
+        config: The run configuration.
+        seeds: Training seeds.
+        methods: Methods to run.
+        description: One line describing the preset (printed in table.md).
+    """
+
+    config: RunConfig
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    description: str
+
+
+def presets(dataset: str) -> dict[str, Preset]:
+    """The ``quick`` (CPU, minutes) and ``paper`` (SPEC 3, GPU) presets of a dataset."""
+    if dataset == "fashion_mnist":
+        quick = RunConfig(
+            dataset=dataset,
+            backbone="cnn",
+            epochs=5,
+            train_limit=15000,
+            test_limit=1000,
+            curve_limit=200,
+        )
+        paper = RunConfig(dataset=dataset, backbone="resnet18", epochs=40, curve_limit=1000)
+    else:
+        quick = RunConfig(
+            dataset=dataset,
+            backbone="cnn",
+            epochs=5,
+            train_limit=20000,
+            test_limit=1000,
+            curve_limit=200,
+            cnn_width=32,
+        )
+        paper = RunConfig(dataset=dataset, backbone="resnet18", epochs=150, curve_limit=1000)
+    return {
+        "quick": Preset(quick, (0, 1), ALL_METHODS, "quick preset: small CNN, reduced data, CPU"),
+        "paper": Preset(
+            paper, (0, 1, 2), ALL_METHODS, "paper preset (SPEC 3): ResNet-18, full data"
+        ),
+    }
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {value}")
+    return value
+
+
+def _limit(text: str) -> int | None:
+    if text.lower() in ("all", "none", "full"):
+        return None
+    return _positive_int(text)
+
+
+def build_parser(dataset: str, prog: str) -> argparse.ArgumentParser:
+    """The argument parser of one benchmark entry point."""
+    label = {"fashion_mnist": "FashionMNIST", "cifar10": "CIFAR-10"}[dataset]
+    p = presets(dataset)
+    q, pp = p["quick"].config, p["paper"].config
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            f"Information-bottleneck methods on {label} under seven adversarial attacks "
+            "(the MIB paper's experiment). Trains every (method, seed), evaluates clean and "
+            "adversarial accuracy and writes results.json, table.md and figures to --out. "
+            "Runs already stored in --out are not retrained."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            f"presets:\n"
+            f"  quick  {q.backbone} backbone, {q.epochs} epochs, {q.train_limit} training and "
+            f"{q.test_limit} test images, seeds 0 1, all methods (CPU, minutes)\n"
+            f"  paper  ResNet-18, {pp.epochs} epochs, full data, seeds 0 1 2, all methods (GPU)\n"
+            f"methods: {', '.join(ALL_METHODS)}\n"
+            f"attacks: {', '.join(atk.ATTACKS)} (eps {atk.SETTINGS[dataset].eps * 255:g}/255, "
+            f"alpha {atk.SETTINGS[dataset].alpha * 255:g}/255, "
+            f"{atk.SETTINGS[dataset].steps} steps)\n"
+            f"beta sensitivity (paper Tables 3/4):\n"
+            f"  {prog} --preset paper --beta 0.01 --methods VIB NIB VIB-squared NIB-squared"
+        ),
+    )
+    parser.add_argument(
+        "--preset", choices=PRESETS, default="quick", help="base settings (default: quick)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="M",
+        help="methods to run (default: all nine); quote names with spaces, e.g. 'MIB w.o. s'",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=_seed,
+        metavar="S",
+        help="training seeds (quick: 0 1, paper: 0 1 2)",
+    )
+    parser.add_argument("--epochs", type=_positive_int, help="training epochs")
+    parser.add_argument(
+        "--beta",
+        type=_non_negative_float,
+        help="Lagrange multiplier of VIB/NIB and their squared forms (1e-4)",
+    )
+    parser.add_argument(
+        "--train-limit",
+        type=_limit,
+        default=_UNSET,
+        metavar="N",
+        help="train on a fixed random subset of N images ('all' for all)",
+    )
+    parser.add_argument(
+        "--test-limit",
+        type=_limit,
+        default=_UNSET,
+        metavar="N",
+        help="evaluate and attack a fixed random subset of N test images",
+    )
+    parser.add_argument(
+        "--curve-limit",
+        type=_positive_int,
+        metavar="N",
+        help="test images for the per-epoch FGSM/PGD curves",
+    )
+    parser.add_argument(
+        "--attacks",
+        nargs="+",
+        metavar="A",
+        help=f"attacks after training (default: all of {' '.join(atk.ATTACKS)})",
+    )
+    parser.add_argument("--backbone", choices=("cnn", "resnet18"), help="override the backbone")
+    parser.add_argument("--batch-size", type=_positive_int, help="mini-batch size (128)")
+    parser.add_argument("--lr", type=_positive_float, help="Adam learning rate (1e-3)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="cpu or cuda (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch CPU threads (default: all cores, at most 4; results depend slightly on it)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="dataset location (default: Debian package / ~/.cache/mograd/data)",
+    )
+    if dataset == "cifar10":
+        parser.add_argument(
+            "--no-verify-md5",
+            action="store_true",
+            help="accept CIFAR-10 batches whose md5 differs from the official "
+            "archive (hand-made test data)",
+        )
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default: benchmarks/results/<name>_<preset>)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="retrain runs that are already stored in --out"
+    )
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return parser
+
+
+def default_threads() -> int:
+    """CPU threads for torch: all cores, at most 4 (a fixed number, so reruns reproduce).
+
+    Pass ``--threads 1`` on a machine that other jobs share: more intra-op threads than idle
+    cores make every thread wait for the slowest one.
+    """
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "torchattacks", "numpy", "matplotlib", "tqdm", "mograd"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            if pkg == "mograd":
+                try:
+                    import mograd
+
+                    out[pkg] = str(getattr(mograd, "__version__", "unknown"))
+                except ImportError:
+                    out[pkg] = "not importable"
+            else:
+                out[pkg] = "not installed"
+    return out
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def resolve(args: argparse.Namespace, dataset: str, name: str) -> tuple[Preset, Path]:
+    """Merge the chosen preset with the command-line overrides.
+
+    Raises:
+        ValueError: Bad values (unknown method or attack, cuda without a GPU, ...).
+    """
+    preset = presets(dataset)[args.preset]
+    cfg = preset.config
+    changes: dict[str, Any] = {}
+    for field in ("epochs", "beta", "curve_limit", "backbone", "batch_size", "lr"):
+        value = getattr(args, field)
+        if value is not None:
+            changes[field] = value
+    for field in ("train_limit", "test_limit"):
+        if getattr(args, field) is not _UNSET:
+            changes[field] = getattr(args, field)
+    if args.attacks:
+        changes["attacks"] = tuple(atk.canonical_attack(a) for a in args.attacks)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but torch.cuda.is_available() is False")
+    changes["device"] = device
+    changes["data_dir"] = str(args.data_dir) if args.data_dir is not None else None
+    changes["verify_md5"] = not getattr(args, "no_verify_md5", False)
+    cfg = replace(cfg, **changes)
+    methods = tuple(dict.fromkeys(canonical_name(m) for m in (args.methods or preset.methods)))
+    seeds = tuple(dict.fromkeys(args.seeds)) if args.seeds else preset.seeds
+    if args.out is not None:
+        out = args.out
+    else:
+        suffix = "" if cfg.beta == RunConfig.beta else f"_beta{cfg.beta:g}"
+        out = REPO_ROOT / "benchmarks" / "results" / f"{name}_{args.preset}{suffix}"
+    return replace(preset, config=cfg, methods=methods, seeds=seeds), out
+
+
+def main(dataset: str, name: str, argv: Sequence[str] | None = None) -> int:
+    """Run a benchmark from the command line.
+
+    Args:
+        dataset: ``"fashion_mnist"`` or ``"cifar10"``.
+        name: Short benchmark name (``"ib_fmnist"``), used for the default output directory.
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        Process exit status.
+    """
+    prog = f"python benchmarks/{name}.py"
+    parser = build_parser(dataset, prog)
+    args = parser.parse_args(argv)
+    try:
+        preset, out = resolve(args, dataset, name)
+    except ValueError as err:
+        parser.error(str(err))
+    cfg = preset.config
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+
+    stored = {(r["method"], r["seed"]): r for r in load_runs(out)} if out.exists() else {}
+    clash = [k for k, r in stored.items() if r["config"] != cfg.fingerprint()]
+    if clash and not args.overwrite:
+        parser.error(
+            f"{out} holds runs made with different settings ({clash[0][0]}, seed {clash[0][1]}, "
+            "...); choose another --out or pass --overwrite to retrain them"
+        )
+    todo = [
+        (m, s)
+        for m in preset.methods
+        for s in preset.seeds
+        if args.overwrite or (m, s) not in stored
+    ]
+    print(
+        f"{name}: preset {args.preset}, {len(preset.methods)} methods x {len(preset.seeds)} "
+        f"seeds, {len(todo)} to train ({len(stored)} stored in {out}); device {cfg.device}, "
+        f"{threads} threads",
+        flush=True,
+    )
+
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    meta: dict[str, Any] = {
+        "benchmark": name,
+        "dataset": dataset,
+        "preset": args.preset,
+        "description": (
+            f"{preset.description}: {cfg.backbone}, {cfg.epochs} epochs, "
+            f"beta {cfg.beta:g}, train {cfg.train_limit or 'all'}, "
+            f"test {cfg.test_limit or 'all'}."
+        ),
+        "command": f"{prog} " + " ".join(shlex.quote(a) for a in argv_list),
+        "config": cfg.fingerprint(),
+        "methods": list(preset.methods),
+        "seeds": list(preset.seeds),
+        "attack_settings": vars(atk.SETTINGS[dataset]),
+        "device": cfg.device,
+        "device_name": _device_name(cfg.device),
+        "threads": threads,
+        "versions": _versions(),
+        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    t0 = time.perf_counter()
+    if todo:
+        data = prepare_data(cfg)
+        for i, (method, seed) in enumerate(todo, 1):
+            result = run(method, seed, cfg, data=data, progress=not args.no_progress)
+            write_json(run_path(out, method, seed), result)
+            final = " ".join(f"{k} {v:.1f}" for k, v in result["final"].items())
+            print(
+                f"[{i}/{len(todo)}] {method} seed {seed}: {final} ({result['duration_s']:.0f}s)",
+                flush=True,
+            )
+            write_report(out, meta, figures=False)
+    meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    meta["wall_s_this_invocation"] = time.perf_counter() - t0
+    runs = load_runs(out)
+    meta["total_run_s"] = sum(r["duration_s"] for r in runs)
+    write_report(out, meta, figures=not args.no_figures)
+    print((out / "table.md").read_text())
+    print(
+        f"wrote {out}/results.json, table.md"
+        + ("" if args.no_figures else ", info_plane.png, curves.png, ablation.png, weights.png")
+    )
+    return 0

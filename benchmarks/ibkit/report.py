@@ -1,0 +1,379 @@
+"""Aggregation, the Table-1-style markdown table and the figures.
+
+Every per-(method, seed) result lives in ``<out>/runs/<method>__seed<k>.json`` (what makes a
+benchmark resumable); :func:`write_report` turns all of them into ``results.json``,
+``table.md``, ``info_plane.png``, ``curves.png``, ``ablation.png`` and ``weights.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .attacks import ATTACKS
+from .methods import ABLATION_FIGURE, ALL_METHODS, MAIN_METHODS, slug
+
+ROWS = ("NONE", *ATTACKS)
+
+
+# ----------------------------------------------------------------------------- storage
+def run_path(out: Path, method: str, seed: int) -> Path:
+    """Where the result of one (method, seed) is stored."""
+    return Path(out) / "runs" / f"{slug(method)}__seed{seed}.json"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (a crash never leaves a truncated file behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, allow_nan=True)
+    os.replace(tmp, path)
+
+
+def load_runs(out: Path) -> list[dict[str, Any]]:
+    """All stored per-run results under ``out/runs`` (sorted by method order, then seed)."""
+    runs = []
+    for p in sorted((Path(out) / "runs").glob("*.json")):
+        with open(p) as f:
+            runs.append(json.load(f))
+    order = {m: i for i, m in enumerate(ALL_METHODS)}
+    runs.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
+    return runs
+
+
+# ----------------------------------------------------------------------------- statistics
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Mean, standard deviation and per-seed values of every final accuracy.
+
+    Args:
+        runs: Per-run results.
+
+    Returns:
+        ``{method: {row: {"mean", "std", "values", "seeds"}}}``; ``std`` is the sample standard
+        deviation (0 for a single seed).
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        for row, value in r["final"].items():
+            cell = out.setdefault(r["method"], {}).setdefault(row, {"values": [], "seeds": []})
+            cell["values"].append(float(value))
+            cell["seeds"].append(int(r["seed"]))
+    for cells in out.values():
+        for cell in cells.values():
+            vals = cell["values"]
+            cell["mean"] = statistics.fmean(vals)
+            cell["std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out
+
+
+def row_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Ranks (1 = highest value) with ties sharing the average rank.
+
+    Values are compared after rounding to two decimals, as printed in the table.
+
+    Args:
+        values: ``{method: value}``.
+
+    Returns:
+        ``{method: rank}``.
+    """
+    rounded = {m: round(v, 2) for m, v in values.items()}
+    ordered = sorted(rounded.values(), reverse=True)
+    ranks = {}
+    for m, v in rounded.items():
+        first = ordered.index(v) + 1
+        last = len(ordered) - ordered[::-1].index(v)
+        ranks[m] = (first + last) / 2.0
+    return ranks
+
+
+def average_ranks(
+    summary: dict[str, dict[str, dict[str, Any]]], methods: Sequence[str], rows: Sequence[str]
+) -> dict[str, float]:
+    """Each method's rank averaged over ``rows`` (the table's "Rank Avg." row)."""
+    totals = {m: 0.0 for m in methods}
+    n = 0
+    for row in rows:
+        vals = {m: summary[m][row]["mean"] for m in methods if row in summary.get(m, {})}
+        if len(vals) != len(methods):
+            continue
+        for m, r in row_ranks(vals).items():
+            totals[m] += r
+        n += 1
+    return {m: totals[m] / n if n else math.nan for m in methods}
+
+
+# ----------------------------------------------------------------------------- table
+def _mark(text: str, place: int) -> str:
+    if place == 1:
+        return f"**{text}**"
+    if place == 2:
+        return f"<u>{text}</u>"
+    return text
+
+
+def _places(values: dict[str, float], higher_is_better: bool) -> dict[str, int]:
+    """1 for the best value(s), 2 for the second-best value(s), 0 otherwise."""
+    distinct = sorted({round(v, 2) for v in values.values()}, reverse=higher_is_better)
+    out = {}
+    for m, v in values.items():
+        pos = distinct.index(round(v, 2))
+        out[m] = pos + 1 if pos < 2 else 0
+    return out
+
+
+def table_markdown(
+    summary: dict[str, dict[str, dict[str, Any]]],
+    methods: Sequence[str],
+    rows: Sequence[str] = ROWS,
+    caption: str = "",
+) -> str:
+    """A table in the layout of the paper's Table 1.
+
+    Rows are NONE and the attacks, columns the methods, cells ``mean ± std`` accuracy (%); per
+    row the best mean is **bold** and the second best <u>underlined</u>; the last row is each
+    method's average rank across the rows (lower is better).
+
+    Args:
+        summary: Output of :func:`summarize`.
+        methods: Columns, in order (methods without results are skipped).
+        rows: Rows, in order.
+        caption: Text printed above the table.
+
+    Returns:
+        Markdown text.
+    """
+    methods = [m for m in methods if m in summary]
+    rows = [r for r in rows if any(r in summary[m] for m in methods)]
+    lines = []
+    if caption:
+        lines += [caption, ""]
+    lines.append("| Attack | " + " | ".join(methods) + " |")
+    lines.append("|---|" + "---|" * len(methods))
+    for row in rows:
+        means = {m: summary[m][row]["mean"] for m in methods if row in summary[m]}
+        places = _places(means, higher_is_better=True)
+        cells = []
+        for m in methods:
+            if row not in summary[m]:
+                cells.append("--")
+                continue
+            c = summary[m][row]
+            cells.append(_mark(f"{c['mean']:.2f} ± {c['std']:.2f}", places[m]))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    ranks = average_ranks(summary, methods, rows)
+    finite = {m: r for m, r in ranks.items() if not math.isnan(r)}
+    places = _places(finite, higher_is_better=False) if finite else {}
+    cells = [_mark(f"{ranks[m]:.2f}", places.get(m, 0)) for m in methods]
+    lines.append("| Rank Avg. | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- figures
+def _per_epoch_mean(runs: Sequence[dict[str, Any]], getter: Any) -> list[float]:
+    """Mean over seeds of a per-epoch quantity (epochs common to all runs)."""
+    n = min(len(r["epochs"]) for r in runs)
+    out = []
+    for i in range(n):
+        vals = [getter(r["epochs"][i]) for r in runs]
+        vals = [v for v in vals if v is not None and math.isfinite(v)]
+        out.append(statistics.fmean(vals) if vals else math.nan)
+    return out
+
+
+def _by_method(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        grouped.setdefault(r["method"], []).append(r)
+    return grouped
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_epochs(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_info_plane(runs: Sequence[dict[str, Any]], path: Path) -> None:
+    """I(X;Z) bound vs I(Z;Y) bound per epoch and method (seed means), one panel per estimator.
+
+    The Gaussian-encoder methods use the KL upper bound, the noisy-layer methods the KDE
+    estimate I_hat (bounded by log batch size); they live on different scales, hence two panels.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = {"kl": axes[0], "kde": axes[1]}
+    for method, group in _by_method(runs).items():
+        if group[0]["info_plane"][0] is None:
+            continue  # RES18 has no information term
+        ax = panels["kde"] if method.startswith("NIB") else panels["kl"]
+        xs = _per_epoch_mean(group, lambda e: e["i_xz"])
+        ys = _per_epoch_mean(group, lambda e: e["i_zy"])
+        line = ax.plot(xs, ys, marker="o", ms=3, label=method)[0]
+        ax.annotate("end", (xs[-1], ys[-1]), fontsize=6, color=line.get_color())
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("I(X;Z) upper bound: mean KL [nats] (log scale)")
+    axes[1].set_xlabel("I(X;T) estimate: KDE I_hat [nats]")
+    for ax in axes:
+        ax.set_ylabel("I(Z;Y) lower bound: log 10 - CE [nats]")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    axes[0].set_title("Gaussian encoder (training-epoch means)")
+    axes[1].set_title("Noisy layer (training-epoch means)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(runs: Sequence[dict[str, Any]], path: Path) -> None:
+    """Clean and adversarial test accuracy and generalization gap per epoch and method."""
+    plt = _pyplot()
+    grouped = _by_method(runs)
+    attacks = list(runs[0]["epochs"][0]["curve_adv"]) if runs else []
+    panels = ["test_acc", *attacks, "gen_gap"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for method, group in grouped.items():
+            if panel in ("test_acc", "gen_gap"):
+                ys = _per_epoch_mean(group, lambda e, p=panel: e[p])
+            else:
+                ys = _per_epoch_mean(group, lambda e, p=panel: e["curve_adv"][p])
+            ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=method)
+        title = {
+            "test_acc": "clean test accuracy [%]",
+            "gen_gap": "generalization gap: train - test acc [pts]",
+        }.get(panel, f"{panel} accuracy [%] (curve subset)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        _integer_epochs(ax)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ablation(summary: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    """Grouped bars: the paper's Figure 5 methods under no attack and every attack."""
+    plt = _pyplot()
+    methods = [m for m in ABLATION_FIGURE if m in summary]
+    fig, ax = plt.subplots(figsize=(11, 4))
+    if methods:
+        rows = [r for r in ROWS if all(r in summary[m] for m in methods)]
+        width = 0.8 / len(methods)
+        for i, m in enumerate(methods):
+            xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(rows))]
+            ax.bar(
+                xs,
+                [summary[m][r]["mean"] for r in rows],
+                width,
+                yerr=[summary[m][r]["std"] for r in rows],
+                capsize=2,
+                label=m,
+            )
+        ax.set_xticks(range(len(rows)), rows)
+        ax.legend(fontsize=8, ncols=len(methods))
+    ax.set_ylabel("accuracy [%]")
+    ax.set_title("Ablation (paper Fig. 5): mean ± std over seeds")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def mo_weight_history(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-epoch means of the multi-objective optimizer's diagnostics, per method and seed."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        if "optimizer" not in r["epochs"][0]:
+            continue
+        keys = r["epochs"][0]["optimizer"].keys()
+        out.setdefault(r["method"], {})[str(r["seed"])] = {
+            k: [e["optimizer"][k] for e in r["epochs"]] for k in keys
+        }
+    return out
+
+
+def plot_weights(runs: Sequence[dict[str, Any]], path: Path) -> None:
+    """Min-norm weight of L_info and the final coefficients c per epoch (seed means)."""
+    plt = _pyplot()
+    grouped = {m: g for m, g in _by_method(runs).items() if "optimizer" in g[0]["epochs"][0]}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for method, group in grouped.items():
+        ep = range(1, len(group[0]["epochs"]) + 1)
+        for ax, key in zip(axes, ("weights_1", "coefficients_0", "coefficients_1"), strict=True):
+            ys = _per_epoch_mean(group, lambda e, k=key: e["optimizer"].get(k))
+            ax.plot(ep, ys, marker="o", ms=3, label=method)
+    axes[0].set_title("min-norm weight w*_info (w*_pred = 1 - w*_info)", fontsize=9)
+    axes[1].set_title("coefficient c_pred of grad L_pred", fontsize=9)
+    axes[2].set_title("coefficient c_info of grad L_info", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        _integer_epochs(ax)
+    for ax in (axes[0], axes[2]):
+        if any(line.get_ydata().size and (line.get_ydata() > 0).all() for line in ax.lines):
+            ax.set_yscale("log")
+    if grouped:
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- everything
+def write_report(out: Path, meta: dict[str, Any], figures: bool = True) -> dict[str, Any]:
+    """Aggregate the stored runs of ``out`` into results.json, table.md and the figures.
+
+    Args:
+        out: Output directory.
+        meta: Command line, versions, device, timings ... stored under ``"meta"``.
+        figures: Also draw the PNG figures.
+
+    Returns:
+        The ``results.json`` content.
+    """
+    out = Path(out)
+    runs = load_runs(out)
+    summary = summarize(runs)
+    main = [m for m in MAIN_METHODS if m in summary]
+    ablation = [m for m in ABLATION_FIGURE if m in summary]
+    results = {
+        "meta": meta,
+        "rows": list(ROWS),
+        "summary": summary,
+        "rank_avg_main": average_ranks(summary, main, ROWS) if main else {},
+        "rank_avg_ablation": average_ranks(summary, ablation, ROWS) if ablation else {},
+        "mo_weights_per_epoch": mo_weight_history(runs),
+        "runs": runs,
+    }
+    write_json(out / "results.json", results)
+    desc = meta.get("description", "")
+    text = table_markdown(summary, main, ROWS, caption=f"Accuracy (%) under attack. {desc}")
+    if len(ablation) > 1:
+        text += "\n" + table_markdown(
+            summary, ablation, ROWS, caption="Ablation (paper Fig. 5), same settings:"
+        )
+    (out / "table.md").write_text(text)
+    if figures and runs:
+        plot_info_plane(runs, out / "info_plane.png")
+        plot_curves(runs, out / "curves.png")
+        plot_ablation(summary, out / "ablation.png")
+        plot_weights(runs, out / "weights.png")
+    return results

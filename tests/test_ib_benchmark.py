@@ -1,0 +1,245 @@
+"""End-to-end tests of benchmarks/ib_fmnist.py and benchmarks/ib_cifar10.py (real data paths)."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision import datasets
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from ibkit.attacks import ATTACKS  # noqa: E402
+from ibkit.cli import main  # noqa: E402
+from ibkit.data import DEBIAN_FASHION_MNIST, UncheckedCIFAR10, load_dataset  # noqa: E402
+from ibkit.methods import ALL_METHODS, MAIN_METHODS  # noqa: E402
+from ibkit.train import RunConfig, info_plane_points, run  # noqa: E402
+
+needs_fmnist = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
+
+SMOKE = [
+    "--preset",
+    "quick",
+    "--epochs",
+    "1",
+    "--seeds",
+    "0",
+    "--train-limit",
+    "256",
+    "--test-limit",
+    "64",
+    "--curve-limit",
+    "32",
+    "--threads",
+    "2",
+    "--no-progress",
+]
+
+
+def _cells(table: str) -> dict[str, list[str]]:
+    """Rows of the first markdown table: name -> cells."""
+    rows: dict[str, list[str]] = {}
+    for line in table.split("\n\n")[1].strip().splitlines()[2:]:
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        rows[parts[0]] = parts[1:]
+    return rows
+
+
+@needs_fmnist
+def test_smoke_every_method_and_attack_then_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every method and attack on real FashionMNIST; then a rerun retrains nothing.
+
+    results.json and table.md must hold every method x attack cell, finite, within [0, 100].
+    One test rather than a fixture shared by two, so pytest-xdist never trains twice.
+    """
+    monkeypatch.setenv("MOGRAD_DATA", str(tmp_path / "cache"))
+    out = tmp_path / "res"
+    assert main("fashion_mnist", "ib_fmnist", [*SMOKE, "--out", str(out)]) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    rows = ["NONE", *ATTACKS]
+    assert results["rows"] == rows
+    for method in ALL_METHODS:
+        for row in rows:
+            cell = results["summary"][method][row]
+            assert len(cell["values"]) == 1
+            assert math.isfinite(cell["mean"]) and 0.0 <= cell["mean"] <= 100.0
+    meta = results["meta"]
+    assert meta["seeds"] == [0] and meta["device"] == "cpu"
+    assert {"torch", "torchvision", "torchattacks", "mograd"} <= set(meta["versions"])
+    assert "--train-limit 256" in meta["command"]
+    assert all(r["duration_s"] > 0 and len(r["epochs"]) == 1 for r in results["runs"])
+    # the multi-objective methods record the optimizer's weights per epoch
+    weights = results["mo_weights_per_epoch"]
+    assert set(weights) == {"MIB", "MIB w.o. s", "MIB w.o. aw", "VIB w. aw"}
+    w = weights["MIB"]["0"]
+    assert w["weights_0"][0] + w["weights_1"][0] == pytest.approx(1.0, abs=1e-4)
+    assert weights["MIB w.o. aw"]["0"]["weights_0"][0] == pytest.approx(0.5)
+
+    table = (out / "table.md").read_text()
+    cells = _cells(table)
+    assert list(cells) == [*rows, "Rank Avg."]
+    header = table.split("\n\n")[1].splitlines()[0]
+    assert header == "| Attack | " + " | ".join(MAIN_METHODS) + " |"
+    for row in rows:
+        assert len(cells[row]) == len(MAIN_METHODS)
+        for cell in cells[row]:
+            mean = float(cell.strip("*").removeprefix("<u>").split(" ± ")[0])
+            assert 0.0 <= mean <= 100.0
+    assert any(c.startswith("**") for c in cells["NONE"])
+    assert "Ablation" in table
+    for fig in ("info_plane.png", "curves.png", "ablation.png", "weights.png"):
+        assert (out / fig).stat().st_size > 1000
+
+    # resume: the same command reuses every stored run
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert len(stamps) == len(ALL_METHODS)
+    capsys.readouterr()
+    assert main("fashion_mnist", "ib_fmnist", [*SMOKE, "--out", str(out), "--no-figures"]) == 0
+    assert "0 to train" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == stamps
+    # ... and refuses to mix in runs made with other settings
+    with pytest.raises(SystemExit):
+        main("fashion_mnist", "ib_fmnist", [*SMOKE, "--out", str(out), "--epochs", "2"])
+    assert "different settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "positive integer"),
+        (["--beta", "-1"], ">= 0"),
+        (["--methods", "XIB"], "unknown method"),
+        (["--attacks", "CW"], "unknown attack"),
+        (["--seeds", "x"], "integer seed"),
+    ],
+)
+def test_cli_rejects_bad_values(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Bad command-line values stop with a message that names them."""
+    with pytest.raises(SystemExit) as exc:
+        main("fashion_mnist", "ib_fmnist", [*args, "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_info_plane_points_api() -> None:
+    """The library entry point other code uses: (I(X;Z), I(Z;Y)) per epoch."""
+    points = info_plane_points("VIB", epochs=2, train_limit=256, test_limit=32, curve_limit=16)
+    assert len(points) == 2
+    for ixz, izy in points:
+        assert ixz > 0 and math.isfinite(izy) and izy <= math.log(10)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+
+def _write_tiny_cifar(root: Path, per_batch: int = 12) -> None:
+    """A tiny dataset in CIFAR-10's on-disk format: pickled batches plus batches.meta."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        data = rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, "labels": labels, "data": data}, f)
+    classes = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": classes, "num_vis": 3072}, f)
+
+
+def test_cifar10_real_loader_and_short_run(tmp_path: Path) -> None:
+    """A hand-written CIFAR-10 goes through torchvision's CIFAR10 code and a 1-epoch run."""
+    _write_tiny_cifar(tmp_path)
+    with pytest.raises(RuntimeError, match="not found or corrupted"):
+        datasets.CIFAR10(str(tmp_path), train=True)  # md5 sums differ from the real archive
+    ds = UncheckedCIFAR10(str(tmp_path), train=True)
+    assert isinstance(ds, datasets.CIFAR10) and len(ds) == 60 and ds.classes[9] == "truck"
+    train, test = load_dataset("cifar10", tmp_path, verify_md5=False, download=False)
+    assert train.x.shape == (60, 3, 32, 32) and test.x.shape == (12, 3, 32, 32)
+    raw = np.asarray(ds.data)
+    assert torch.equal(
+        (train.x[0] * 255).round().to(torch.uint8).permute(1, 2, 0), torch.from_numpy(raw[0])
+    )
+    out = tmp_path / "out"
+    args = [
+        "--data-dir",
+        str(tmp_path),
+        "--no-verify-md5",
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--methods",
+        "RES18",
+        "NIB",
+        "MIB",
+        "--train-limit",
+        "all",
+        "--test-limit",
+        "all",
+        "--curve-limit",
+        "8",
+        "--attacks",
+        "FGSM",
+        "Jitter",
+        "--no-figures",
+        "--no-progress",
+        "--threads",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main("cifar10", "ib_cifar10", args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["attack_settings"] == {"eps": 8 / 255, "alpha": 10 / 255, "steps": 10}
+    for method in ("RES18", "NIB", "MIB"):
+        for row in ("NONE", "FGSM", "Jitter"):
+            assert 0.0 <= results["summary"][method][row]["mean"] <= 100.0
+    assert results["runs"][0]["n_train"] == 60
+
+
+@needs_fmnist
+def test_resnet18_paper_backbone_trains() -> None:
+    """The paper preset's ResNet-18 model trains and is attacked (a few images, CPU)."""
+    cfg = RunConfig(
+        backbone="resnet18",
+        epochs=1,
+        batch_size=32,
+        train_limit=64,
+        test_limit=16,
+        curve_limit=8,
+        curve_attacks=("FGSM",),
+        attacks=("FGSM", "PGD"),
+    )
+    result = run("MIB", 0, cfg, progress=False)
+    assert set(result["final"]) == {"NONE", "FGSM", "PGD"}
+    assert all(0.0 <= v <= 100.0 for v in result["final"].values())
+    assert result["epochs"][0]["optimizer"]["weights_0"] >= 0.0

@@ -1,0 +1,311 @@
+"""Unit tests of the IB benchmark kit (benchmarks/ibkit): losses, models, methods, attacks, data."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from ibkit import attacks as atk
+from ibkit.data import DEBIAN_FASHION_MNIST, TensorData, load_dataset
+from ibkit.losses import (
+    gaussian_kl,
+    info_plane_point,
+    information_term,
+    kde_mutual_information,
+    lagrangian,
+)
+from ibkit.methods import ALL_METHODS, canonical_name, get_method
+from ibkit.models import build_model
+from ibkit.report import row_ranks, summarize, table_markdown
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_gaussian_kl_matches_numpy() -> None:
+    """Batch-mean KL against the closed form evaluated in float64 numpy."""
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    sigma = torch.rand(7, 5, generator=gen, dtype=torch.float64) * 2 + 0.05
+    m, s = mu.numpy(), sigma.numpy()
+    expected = np.mean(np.sum(0.5 * (m**2 + s**2 - 1.0 - np.log(s**2)), axis=1))
+    assert gaussian_kl(mu, sigma).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_gaussian_kl_zero_at_prior_and_positive_elsewhere() -> None:
+    """KL(N(0, I) || N(0, I)) = 0; shifting the mean by 1 in one of K dims costs 1/2 nat."""
+    mu = torch.zeros(3, 4)
+    sigma = torch.ones(3, 4)
+    assert gaussian_kl(mu, sigma).item() == pytest.approx(0.0, abs=1e-7)
+    mu[:, 0] = 1.0
+    assert gaussian_kl(mu, sigma).item() == pytest.approx(0.5, abs=1e-6)
+
+
+def _kde_numpy(h: np.ndarray, s2: float) -> float:
+    """Direct double loop of I_hat = log N - 1/N sum_i log sum_j exp(-|h_i - h_j|^2 / 2 s^2)."""
+    n = h.shape[0]
+    total = 0.0
+    for i in range(n):
+        terms = [math.exp(-float(np.sum((h[i] - h[j]) ** 2)) / (2.0 * s2)) for j in range(n)]
+        total += math.log(sum(terms))
+    return math.log(n) - total / n
+
+
+@pytest.mark.parametrize("s2", [0.3, 1.0, 4.0])
+def test_kde_estimate_matches_direct_numpy(s2: float) -> None:
+    """The vectorised KDE estimate equals a naive double loop."""
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    got = kde_mutual_information(h, torch.tensor(s2, dtype=torch.float64)).item()
+    assert got == pytest.approx(_kde_numpy(h.numpy(), s2), rel=1e-10, abs=1e-12)
+
+
+def test_kde_estimate_bounds_and_gradient() -> None:
+    """0 for identical points, log N for far-apart points, finite gradients (also at i == j)."""
+    s2 = torch.tensor(1.0)
+    same = torch.ones(6, 4)
+    assert kde_mutual_information(same, s2).item() == pytest.approx(0.0, abs=1e-6)
+    far = torch.eye(6) * 100.0
+    assert kde_mutual_information(far, s2).item() == pytest.approx(math.log(6), abs=1e-6)
+    h = torch.randn(8, 4, requires_grad=True)
+    phi = torch.tensor(0.3, requires_grad=True)
+    kde_mutual_information(h, torch.nn.functional.softplus(phi)).backward()
+    assert torch.isfinite(h.grad).all() and torch.isfinite(phi.grad)
+    assert phi.grad.item() < 0  # more noise, less information
+
+
+def test_squared_lagrangian_and_gradient() -> None:
+    """L_pred + beta L_info^2 and its gradient 2 beta L_info w.r.t. L_info."""
+    pred = torch.tensor(0.7)
+    info = torch.tensor(30.0, requires_grad=True)
+    beta = 1e-3
+    plain = lagrangian(pred, info, beta, squared=False)
+    squared = lagrangian(pred, info, beta, squared=True)
+    assert plain.item() == pytest.approx(0.7 + beta * 30.0)
+    assert squared.item() == pytest.approx(0.7 + beta * 900.0)
+    (grad,) = torch.autograd.grad(squared, info)
+    assert grad.item() == pytest.approx(2 * beta * 30.0)
+    assert lagrangian(pred, None, beta, squared=True).item() == pytest.approx(0.7)
+
+
+def test_info_plane_point() -> None:
+    """I(Z;Y) lower bound = log 10 - CE."""
+    x, y = info_plane_point(12.5, 0.3)
+    assert x == 12.5 and y == pytest.approx(math.log(10) - 0.3)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_gaussian_encoder_sigma_and_eval_determinism() -> None:
+    """sigma = softplus(rho - 5); eval uses z = mu (deterministic), training samples."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, "VIB")
+    x = torch.rand(4, 1, 28, 28)
+    model.train()
+    stats = model.forward_stats(x)
+    e = model.encoder(model.backbone(model.normalize(x)))
+    rho = e[:, 128:]
+    assert torch.allclose(stats.sigma, torch.nn.functional.softplus(rho - 5.0))
+    assert torch.allclose(stats.mu, e[:, :128])
+    assert not torch.equal(model(x), model(x))  # two samples differ
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    assert torch.allclose(model(x), model.decoder(stats.mu), atol=1e-6)
+    assert information_term(stats).item() > 0
+
+
+def test_noisy_layer_init_and_eval() -> None:
+    """NIB: s^2 = softplus(phi) starts at 1; eval feeds h without noise to the decoder."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, "NIB")
+    assert model.noise_var().item() == pytest.approx(1.0, abs=1e-6)
+    x = torch.rand(5, 1, 28, 28)
+    model.eval()
+    stats = model.forward_stats(x)
+    assert torch.allclose(stats.logits, model.decoder(stats.h))
+    val = information_term(stats).item()
+    assert 0.0 <= val <= math.log(5) + 1e-6
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_deterministic_model_has_no_information_term() -> None:
+    """RES18 is the same head without a bottleneck."""
+    model = build_model("cnn", 1, "RES18")
+    stats = model.forward_stats(torch.rand(2, 1, 28, 28))
+    assert information_term(stats) is None
+    assert stats.logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
+def test_resnet18_adaptation(channels: int, size: int) -> None:
+    """torchvision ResNet-18: 3x3 stride-1 first conv for the input channels, no max-pool."""
+    model = build_model("resnet18", channels, "MIB", image_size=size)
+    conv = model.backbone.conv1
+    assert conv.in_channels == channels
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    assert isinstance(model.backbone.maxpool, torch.nn.Identity)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, channels, size, size))
+    assert out.shape == (2, 10)
+
+
+def test_build_model_rejects_bad_values() -> None:
+    """Unknown backbone, method or kind raise ValueError."""
+    with pytest.raises(ValueError, match="backbone"):
+        build_model("vgg", 1, "VIB")
+    with pytest.raises(ValueError, match="unknown method"):
+        build_model("cnn", 1, "XIB")
+    with pytest.raises(ValueError, match="kind"):
+        build_model("cnn", 1, kind="laplace")
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def test_method_registry() -> None:
+    """Bottleneck kinds and MOWrapper options of the methods and ablations (SPEC 1, 2)."""
+    assert len(ALL_METHODS) == 9
+    assert get_method("RES18").kind == "deterministic"
+    assert get_method("NIB-squared").kind == "noisy" and get_method("NIB-squared").squared
+    assert get_method("VIB-squared").squared and not get_method("VIB").squared
+    mib = get_method("MIB")
+    assert mib.multi_objective and mib.mo_options == {
+        "weights": "min_norm",
+        "power": 2.0,
+        "mu": 0.2,
+    }
+    assert get_method("MIB w.o. s").mo_options["mu"] is None
+    assert get_method("MIB w.o. aw").mo_options["weights"] == (0.5, 0.5)
+    assert get_method("VIB w. aw").mo_options == {"weights": "min_norm", "power": 1.0, "mu": None}
+    assert canonical_name("vib-sq") == "VIB-squared"
+    assert canonical_name("mib w.o. s") == "MIB w.o. s"
+    with pytest.raises(ValueError, match="unknown method"):
+        canonical_name("DIB")
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+@pytest.mark.parametrize(
+    ("dataset", "eps", "alpha"),
+    [("fashion_mnist", 1 / 255, 2 / 255), ("cifar10", 8 / 255, 10 / 255)],
+)
+def test_attack_objects_carry_settings(dataset: str, eps: float, alpha: float) -> None:
+    """Every constructed torchattacks object carries the paper's eps / alpha / steps."""
+    settings = atk.SETTINGS[dataset]
+    assert (settings.eps, settings.alpha, settings.steps) == (eps, alpha, 10)
+    model = build_model("cnn", 1, "VIB")
+    for name in atk.ATTACKS:
+        attack = atk.build_attack(name, model, settings)
+        assert type(attack).__name__ == name
+        assert attack.eps == pytest.approx(eps)
+        if name != "FGSM":
+            assert attack.alpha == pytest.approx(alpha)
+            assert attack.steps == 10
+    with pytest.raises(ValueError, match="unknown attack"):
+        atk.build_attack("CW", model, settings)
+
+
+def test_attacks_stay_in_budget_and_restore_mode() -> None:
+    """Adversarial images stay in the eps ball and [0, 1]; the model's mode is restored."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, "VIB")
+    model.train()
+    x = torch.rand(6, 1, 28, 28)
+    y = torch.randint(0, 10, (6,))
+    settings = atk.AttackSettings(eps=8 / 255, alpha=2 / 255, steps=3)
+    for name in atk.ATTACKS:
+        adv = atk.build_attack(name, model, settings)(x, y)
+        assert (adv - x).abs().max().item() <= settings.eps + 1e-6
+        assert adv.min().item() >= 0.0 and adv.max().item() <= 1.0
+    acc = atk.evaluate_attacks(model, TensorData(x, y), ["FGSM", "pgd"], settings)
+    assert set(acc) == {"NONE", "FGSM", "PGD"}
+    assert model.training
+
+
+def test_pgd_lowers_accuracy_of_a_trained_model() -> None:
+    """A real attack: PGD with a large budget defeats a model fitted to a toy problem."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, "RES18")
+    x = 0.4 + 0.1 * torch.rand(64, 1, 28, 28)
+    y = torch.randint(0, 2, (64,))
+    x[y == 1, :, :14] += 0.2  # class 1: brighter upper half, less than eps away
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    data = TensorData(x, y)
+    clean = atk.accuracy(model, data)
+    attacked = atk.adversarial_accuracy(
+        model, data, "PGD", atk.AttackSettings(eps=0.25, alpha=0.05, steps=10)
+    )
+    assert clean > 90.0
+    assert attacked < clean - 30.0
+
+
+# ----------------------------------------------------------------------------- data
+
+needs_fmnist = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
+
+
+@needs_fmnist
+def test_fashion_mnist_through_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Debian idx files load through torchvision's FashionMNIST class, byte-exact."""
+    monkeypatch.setenv("MOGRAD_DATA", str(tmp_path))
+    train, test = load_dataset("fashion_mnist", download=False)
+    assert (tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
+    assert float(train.x.min()) == 0.0 and float(train.x.max()) == 1.0
+    assert sorted(torch.bincount(test.y).tolist()) == [1000] * 10
+    with gzip.open(DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz", "rb") as f:
+        raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    assert np.array_equal((test.x[:3, 0] * 255).round().to(torch.uint8).numpy(), raw[:3])
+    with gzip.open(DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz", "rb") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    assert np.array_equal(test.y.numpy(), labels)
+    sub = test.subset(100, seed=1)
+    assert len(sub) == 100 and torch.equal(sub.y, test.subset(100, seed=1).y)
+
+
+def test_unknown_dataset() -> None:
+    """A clear error for an unknown dataset name."""
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("mnist-3d")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_table_marks_best_second_and_ranks() -> None:
+    """Bold best, underlined second, average ranks with ties."""
+    runs = [
+        {"method": "VIB", "seed": 0, "final": {"NONE": 80.0, "FGSM": 50.0}},
+        {"method": "VIB", "seed": 1, "final": {"NONE": 82.0, "FGSM": 52.0}},
+        {"method": "NIB", "seed": 0, "final": {"NONE": 85.0, "FGSM": 40.0}},
+        {"method": "MIB", "seed": 0, "final": {"NONE": 70.0, "FGSM": 60.0}},
+    ]
+    summary = summarize(runs)
+    assert summary["VIB"]["NONE"]["mean"] == pytest.approx(81.0)
+    assert summary["VIB"]["NONE"]["std"] == pytest.approx(math.sqrt(2.0))
+    text = table_markdown(summary, ["VIB", "NIB", "MIB"], rows=("NONE", "FGSM"))
+    lines = text.strip().splitlines()
+    assert lines[0] == "| Attack | VIB | NIB | MIB |"
+    assert "**85.00 ± 0.00**" in lines[2] and "<u>81.00 ± 1.41</u>" in lines[2]
+    assert "**60.00 ± 0.00**" in lines[3] and "<u>51.00 ± 1.41</u>" in lines[3]
+    # ranks: VIB 2, 2 -> 2.0; NIB 1, 3 -> 2.0; MIB 3, 1 -> 2.0
+    assert lines[-1] == "| Rank Avg. | **2.00** | **2.00** | **2.00** |"
+    assert row_ranks({"a": 1.0, "b": 1.0, "c": 0.5}) == {"a": 1.5, "b": 1.5, "c": 3.0}

@@ -1,0 +1,39 @@
+"""Smoke test of benchmarks/ib_front.py on real FashionMNIST at a tiny scale."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import ib_front
+from ibkit.data import DEBIAN_FASHION_MNIST
+
+
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir(), reason="FashionMNIST package files are not installed"
+)
+def test_ib_front_tiny_run(tmp_path: Path) -> None:
+    out = tmp_path / "ib"
+    argv = ["--epochs", "1", "--train-limit", "256", "--test-limit", "100", "--betas", "1e-4",
+            "1e-1", "--vib-seeds", "1", "--mo-seeds", "1", "--threads", "1", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    ib_front.main(argv)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["methods"]) == {"VIB", "MIB", "VIB w. aw"}
+    assert len(res["runs"]) == 4
+    for r in res["runs"]:
+        assert r["i_xz"] >= 0 and math.isfinite(r["i_zy"]) and r["i_zy"] <= math.log(10) + 1e-6
+    vib = res["methods"]["VIB"]
+    # beta = 0.1 compresses more than beta = 1e-4.
+    assert vib["points"][1][0] < vib["points"][0][0]
+    for m in res["methods"].values():
+        assert m["hv_linear"] >= 0 and math.isfinite(m["hv_log10"])
+        assert any(m["non_dominated"])
+    assert (out / "ib_front.png").stat().st_size > 1000
+    assert "| VIB | 0.1 | 0 |" in (out / "table.md").read_text()
