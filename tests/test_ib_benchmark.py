@@ -106,7 +106,10 @@ def test_smoke_every_method_and_attack_then_resume(
     # resume: the same command reuses every stored run
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     assert len(stamps) == len(ALL_METHODS)
-    capsys.readouterr()
+    first = capsys.readouterr().out
+    # the command prints the weights the multi-objective optimizer chose
+    assert "MIB: weights chosen" in first and "MIB w.o. aw: weights chosen" in first
+    assert "w* = (pred 0.50000, info 5.00e-01)" in first  # the fixed equal weights
     assert main("fashion_mnist", "ib_fmnist", [*SMOKE, "--out", str(out), "--no-figures"]) == 0
     assert "0 to train" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == stamps

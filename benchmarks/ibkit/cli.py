@@ -19,7 +19,7 @@ import torch
 
 from . import attacks as atk
 from .methods import ALL_METHODS, canonical_name
-from .report import load_runs, run_path, write_json, write_report
+from .report import load_runs, run_path, weights_summary, write_json, write_report
 from .train import RunConfig, prepare_data, run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -379,6 +379,9 @@ def main(dataset: str, name: str, argv: Sequence[str] | None = None) -> int:
     meta["total_run_s"] = sum(r["duration_s"] for r in runs)
     write_report(out, meta, figures=not args.no_figures)
     print((out / "table.md").read_text())
+    summary = weights_summary(runs)
+    if summary:
+        print(summary)
     print(
         f"wrote {out}/results.json, table.md"
         + ("" if args.no_figures else ", info_plane.png, curves.png, ablation.png, weights.png")

@@ -310,6 +310,22 @@ def mo_weight_history(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any
     return out
 
 
+def weights_summary(runs: Sequence[dict[str, Any]]) -> str:
+    """One line per multi-objective method: the last epoch's mean weights and coefficients."""
+    lines = []
+    for method, seeds in mo_weight_history(runs).items():
+        def last(key: str, seeds: dict[str, Any] = seeds) -> float:
+            return sum(h[key][-1] for h in seeds.values()) / len(seeds)
+
+        lines.append(
+            f"{method}: weights chosen (last epoch, mean of {len(seeds)} seed(s)): "
+            f"w* = (pred {last('weights_0'):.5f}, info {last('weights_1'):.2e}), "
+            f"coefficients c = (pred {last('coefficients_0'):.4f}, "
+            f"info {last('coefficients_1'):.2e})"
+        )
+    return "\n".join(lines)
+
+
 def plot_weights(runs: Sequence[dict[str, Any]], path: Path) -> None:
     """Min-norm weight of L_info and the final coefficients c per epoch (seed means)."""
     plt = _pyplot()
