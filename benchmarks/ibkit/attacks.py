@@ -8,6 +8,7 @@ the model in eval mode while it attacks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -84,7 +85,26 @@ def build_attack(name: str, model: nn.Module, settings: AttackSettings) -> torch
     return torchattacks.Jitter(model, eps=eps, alpha=alpha, steps=steps)
 
 
-@torch.no_grad()
+def _eval_accuracy(
+    model: nn.Module,
+    data: TensorData,
+    batch_size: int,
+    perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """Accuracy (%) of ``model`` in eval mode on ``data``, optionally perturbed per batch."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+        if perturb is not None:
+            x = perturb(x, y)
+        with torch.no_grad():
+            correct += int((model(x).argmax(dim=1) == y).sum())
+    model.train(was_training)
+    return 100.0 * correct / max(len(data), 1)
+
+
 def accuracy(model: nn.Module, data: TensorData, batch_size: int = 500) -> float:
     """Clean accuracy (%) of ``model`` in eval mode.
 
@@ -96,14 +116,7 @@ def accuracy(model: nn.Module, data: TensorData, batch_size: int = 500) -> float
     Returns:
         Accuracy in percent.
     """
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(data), batch_size):
-        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
-        correct += int((model(x).argmax(dim=1) == y).sum())
-    model.train(was_training)
-    return 100.0 * correct / max(len(data), 1)
+    return _eval_accuracy(model, data, batch_size)
 
 
 def adversarial_accuracy(
@@ -129,19 +142,14 @@ def adversarial_accuracy(
         Accuracy in percent.
     """
     was_training = model.training
-    model.eval()
+    model.eval()  # the attack is built against the eval-mode (deterministic) model
     attack = build_attack(name, model, settings)
     devices = [data.x.device] if data.x.device.type == "cuda" else []
-    correct = 0
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for start in range(0, len(data), batch_size):
-            x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
-            adv = attack(x, y)
-            with torch.no_grad():
-                correct += int((model(adv).argmax(dim=1) == y).sum())
+        result = _eval_accuracy(model, data, batch_size, attack)
     model.train(was_training)
-    return 100.0 * correct / max(len(data), 1)
+    return result
 
 
 def evaluate_attacks(
