@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv data demo quickstart test lint clean
+.PHONY: venv data demo quickstart test lint typecheck docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[bench,test,perf]"
+	$(BIN)/pip install -q -e ".[bench,test,perf,integrations,docs]"
 	touch $@
 
 venv: $(BIN)/.installed
@@ -37,10 +37,20 @@ quickstart: venv
 
 test: venv data
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -n 2
 
 lint: venv
 	$(BIN)/ruff check .
 
+# mypy --strict on mograd/ (configuration in pyproject.toml)
+typecheck: venv
+	$(BIN)/mypy
+
+# The documentation site (mkdocs.yml) into site/; --strict fails on a broken link or docstring.
+docs: venv
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site

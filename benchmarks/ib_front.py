@@ -6,14 +6,19 @@ training-batch means of the last epoch (mean KL, and ``log 10 - CE``), as ``ibki
 
 - VIB: ``CE + beta KL`` for each beta of the sweep (default 8 values in [1e-6, 1e-1]) and seed;
 - MIB: ``mograd.MOWrapper`` on ``(CE, KL)`` (min-norm, power 2, mu 0.2), one run per seed;
-- VIB w. aw (MGDA: min-norm, power 1, no smoothing), one run per seed.
+- VIB w. aw (MGDA: min-norm, power 1, no smoothing), one run per seed;
+- the gradient-normalized variants MIB-l2, MIB-loss and MGDA-l2 (an interpretation the paper
+  does not state: min-norm weights of the normalized gradients, update sum c_i g_i / n_i;
+  docs/benchmarks.md), one run per seed: where each lands on VIB's front.
 
 Fronts are traced with :func:`mograd.pareto.trace_front` on the minimization pair
 ``(I(X;Z), -I(Z;Y))``. Hypervolumes use one reference point for all methods:
 ``I(X;Z) = 1.1 x`` the largest value seen in the run and ``I(Z;Y) = 0``, on both a linear and a
 ``log10 I(X;Z)`` axis (I(X;Z) spans orders of magnitude over the beta sweep).
 
-Run ``python benchmarks/ib_front.py --help``; CPU quick scale by default.
+Run ``python benchmarks/ib_front.py --help``; CPU quick scale by default. Results go to
+``runs/ib_front`` unless ``--out`` says otherwise; the committed reference is
+``benchmarks/results/ib_front`` (regenerated with ``--out benchmarks/results/ib_front``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
+from _common import command_line, default_out, reference
 from ibkit.train import RunConfig, prepare_data, run
 
 from mograd import pareto
@@ -58,7 +64,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-MO_METHODS = ("MIB", "VIB w. aw")
+MO_METHODS = ("MIB", "VIB w. aw", "MIB-l2", "MIB-loss", "MGDA-l2")
+NAME = "ib_front"
 
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +100,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
     configs: dict[str, list[tuple[str, float | None, int]]] = {
         "VIB": [("VIB", b, s) for b in betas for s in vib_seeds],
-        **{m: [(m, None, s) for s in mo_seeds] for m in MO_METHODS},
+        **{m: [(m, None, s) for s in mo_seeds] for m in args.methods},
     }
     fronts = {
         name: pareto.trace_front(train, cfgs, progress=not args.no_progress, desc=name)
@@ -173,7 +180,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    style = {"VIB": ("tab:blue", "o"), "MIB": ("tab:red", "*"), "VIB w. aw": ("tab:green", "s")}
+    style = {"VIB": ("tab:blue", "o"), "MIB": ("tab:red", "*"), "VIB w. aw": ("tab:green", "s"),
+             "MIB-l2": ("tab:purple", "P"), "MIB-loss": ("tab:orange", "D"),
+             "MGDA-l2": ("tab:brown", "v")}  # fmt: skip
     for name, m in res["methods"].items():
         color, marker = style.get(name, ("k", "x"))
         pts = np.asarray(m["points"])
@@ -192,7 +201,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("I(X;Z) upper bound (nats, log scale)")
     ax.set_ylabel("I(Z;Y) lower bound (nats)")
-    ax.set_title("FashionMNIST IB front: VIB beta sweep vs MIB (labels: beta)", fontsize=10)
+    ax.set_title("FashionMNIST IB front: VIB beta sweep vs MIB variants (labels: beta)\n"
+                 "MIB-l2, MIB-loss, MGDA-l2: gradient-normalized, not stated in the paper",
+                 fontsize=9)  # fmt: skip
     ax.legend(fontsize=7, title="method (HV, log10 I(X;Z) axis)", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -206,7 +217,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ib_front"))
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"output folder (default runs/{NAME}, git-ignored; the committed "
+                    f"reference is benchmarks/results/{NAME})")  # fmt: skip
+    ap.add_argument("--methods", nargs="+", choices=MO_METHODS, default=list(MO_METHODS),
+                    help="multi-objective methods placed on VIB's front")  # fmt: skip
     ap.add_argument("--epochs", type=int, default=None, help="epochs (preset default)")
     ap.add_argument("--train-limit", type=int, default=None, help="training images (preset)")
     ap.add_argument("--test-limit", type=int, default=500, help="test images for accuracy")
@@ -222,13 +237,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point; writes results.json, table.md and ib_front.png to ``--out``."""
     args = parse_args(argv)
+    out = args.out if args.out is not None else default_out(NAME)
     t0 = time.perf_counter()
     res = run_sweep(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(res, args.out / "ib_front.png")
-    cmd = sys.argv if argv is None else [Path(__file__).name, *argv]
+    out.mkdir(parents=True, exist_ok=True)
+    plot(res, out / "ib_front.png")
+    cmd = command_line() if argv is None else shlex.join(["python", Path(__file__).name, *argv])
     res = {
-        "command": shlex.join(["python", *cmd]),
+        "command": cmd,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -237,13 +253,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "duration_s": time.perf_counter() - t0,
         **res,
     }
-    (args.out / "results.json").write_text(json.dumps(res, indent=1))
+    (out / "results.json").write_text(json.dumps(res, indent=1))
     table = write_table(res)
-    (args.out / "table.md").write_text(table)
-    if not args.no_progress:
-        print(table)
-        print(f"wrote {args.out} in {res['duration_s']:.1f} s")
+    (out / "table.md").write_text(table)
+    print(table)
+    print(compare_with_reference(res, out, reference(NAME)))
+    print(f"wrote {out} in {res['duration_s']:.1f} s")
     return res
+
+
+def compare_with_reference(res: dict[str, Any], out: Path, ref: Path | None) -> str:
+    """This run's hypervolumes next to the committed reference's (or why there is none)."""
+    if ref is None:
+        return f"No committed reference results (benchmarks/results/{NAME})."
+    if ref.resolve() == Path(out).resolve():
+        return f"This run wrote the committed reference itself ({ref})."
+    theirs = json.loads((ref / "results.json").read_text())
+    same = theirs.get("settings") == res["settings"]
+    lines = [
+        f"Next to the committed reference ({ref}, made by `{theirs.get('command')}`"
+        + ("" if same else "; other settings, so numbers differ") + "):",
+        "",
+        "| method | HV log10 here / ref | non-dominated here / ref |",
+        "|---|---|---|",
+    ]  # fmt: skip
+    for name, m in res["methods"].items():
+        t = theirs["methods"].get(name)
+        ref_hv = f"{t['hv_log10']:.3f}" if t else "--"
+        ref_nd = str(sum(t["non_dominated"])) if t else "--"
+        lines.append(
+            f"| {name} | {m['hv_log10']:.3f} / {ref_hv} | {sum(m['non_dominated'])} / {ref_nd} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import default_out, reference
 from mo_problems import PROBLEMS, Problem, front_partition, get_problem
 
 from mograd import pareto
@@ -444,8 +445,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                     help=f"size preset: {PRESETS}")  # fmt: skip
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pareto_fronts"),
-                    help="output folder (results.json, table.md, figures)")  # fmt: skip
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder (results.json, table.md, figures); default "
+                    "runs/pareto_fronts[_paper] (git-ignored); the committed reference is "
+                    "benchmarks/results/pareto_fronts[_paper]")  # fmt: skip
     ap.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (preset default)")
@@ -464,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point; returns the results dict it wrote to ``--out/results.json``."""
     args = parse_args(argv)
     cfg = build_config(args)
+    name = "pareto_fronts" if args.preset == "quick" else f"pareto_fronts_{args.preset}"
+    args.out = args.out if args.out is not None else default_out(name)
     t0 = time.perf_counter()
     results = run_benchmark(cfg, progress=not args.no_progress)
     bench_seconds = time.perf_counter() - t0
@@ -491,7 +496,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(table)
         print(f"wrote {args.out}/results.json, table.md, {len(figures)} figures "
               f"in {results['duration_s']['total']:.1f} s")  # fmt: skip
+        print(reference_note(results, args.out, reference(name)))
     return results
+
+
+def reference_note(results: dict[str, Any], out: Path, ref: Path | None) -> str:
+    """The committed reference's table next to this run's, or why there is none."""
+    if ref is None:
+        return "No committed reference results for this preset (benchmarks/results)."
+    if ref.resolve() == Path(out).resolve():
+        return f"This run wrote the committed reference itself ({ref})."
+    theirs = json.loads((ref / "results.json").read_text())
+    same = theirs.get("config") == results["config"]
+    return (
+        f"Committed reference ({ref}, made by `{theirs.get('command')}`"
+        + ("; same settings: the tables should agree up to floating-point order" if same
+           else "; other settings, so numbers differ")
+        + "):\n\n" + (ref / "table.md").read_text()
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

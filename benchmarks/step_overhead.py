@@ -11,16 +11,26 @@ Methods:
     adam            plain Adam on the sum of the losses (the baseline, ratio 1.00)
     mograd          MOWrapper(Adam), exact per-loss gradients (the paper's method)
     mograd_repr     MOWrapper(Adam) in representation mode (features=z, MGDA-UB)
+    mograd_upgrad   MOWrapper(Adam, weights=UPGrad()) (exact per-loss gradients)
+    mograd_cagrad   MOWrapper(Adam, weights=CAGrad()) (c = 0.5)
     torchjd_mgda    TorchJD autojac.backward + jac_to_grad(MGDA()) + Adam
     torchjd_upgrad  TorchJD autojac.backward + jac_to_grad(UPGrad()) + Adam
+    torchjd_cagrad  TorchJD autojac.backward + jac_to_grad(CAGrad(c=0.5)) + Adam (needs cvxpy
+                    and clarabel, the ``perf`` extra)
 
 Models (batch 128): ``mlp`` (784-512-512-128 encoder, 10-class head; CE and a KL-like term on
 the encoder output), ``cnn`` and ``resnet18`` (the IB models of ``benchmarks/ibkit``,
 28x28 grey input; CE and the Gaussian KL). With k = 8 the batch is split into four quarters
 and each quarter contributes its CE and its KL term.
 
+A run writes ``results.json``, ``table.md`` and ``overhead.png`` to ``runs/step_overhead``
+(ignored by git) unless ``--out`` says otherwise; the committed reference results live in
+``benchmarks/results/step_overhead`` (regenerate them with ``--out`` pointing there).
+
 Examples:
     python benchmarks/step_overhead.py                      # quick preset, this CPU
+    python benchmarks/step_overhead.py --models mlp --methods mograd_upgrad torchjd_upgrad \
+        mograd_cagrad torchjd_cagrad                        # the weighting rows only
     python benchmarks/step_overhead.py --models mlp --k 2   # the core issue's measurement
     python benchmarks/step_overhead.py --preset paper --device cuda
 """
@@ -31,7 +41,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -49,9 +58,21 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
+from _common import default_out  # noqa: E402
+from _common import environment as common_environment  # noqa: E402
+
 import mograd  # noqa: E402
 
-METHODS = ("adam", "mograd", "mograd_repr", "torchjd_mgda", "torchjd_upgrad")
+METHODS = (
+    "adam",
+    "mograd",
+    "mograd_repr",
+    "mograd_upgrad",
+    "mograd_cagrad",
+    "torchjd_mgda",
+    "torchjd_upgrad",
+    "torchjd_cagrad",
+)
 MODELS = ("mlp", "cnn", "resnet18")
 PRESETS = {
     "quick": {
@@ -166,11 +187,28 @@ def make_stepper(method: str, model: nn.Module, task: Task) -> Callable[[], None
             opt.step(losses, features=feats if use_features else None)
 
         return step
-    if method in ("torchjd_mgda", "torchjd_upgrad"):
-        from torchjd.aggregation import MGDA, UPGrad
+    if method in ("mograd_upgrad", "mograd_cagrad"):
+        from mograd.weightings import CAGrad, UPGrad
+
+        weighting = UPGrad() if method == "mograd_upgrad" else CAGrad(c=0.5)
+        wrapped = mograd.MOWrapper(adam, weights=weighting)
+
+        def step() -> None:
+            losses, _ = task.forward(model)
+            wrapped.zero_grad()
+            wrapped.step(losses)
+
+        return step
+    if method in ("torchjd_mgda", "torchjd_upgrad", "torchjd_cagrad"):
+        from torchjd.aggregation import MGDA, CAGrad, UPGrad
         from torchjd.autojac import backward, jac_to_grad
 
-        aggregator = MGDA() if method == "torchjd_mgda" else UPGrad()
+        if method == "torchjd_mgda":
+            aggregator = MGDA()
+        elif method == "torchjd_upgrad":
+            aggregator = UPGrad()
+        else:
+            aggregator = CAGrad(c=0.5)
 
         def step() -> None:
             losses, _ = task.forward(model)
@@ -266,22 +304,10 @@ def _child(model_name: str, k: int, method: str) -> None:
 
 
 def environment(device: torch.device) -> dict[str, object]:
-    env: dict[str, object] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "mograd": mograd.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    try:
-        import torchjd
-
-        env["torchjd"] = getattr(torchjd, "__version__", "unknown")
-    except ImportError:
-        env["torchjd"] = None
+    """The shared environment record (``benchmarks/_common.py``) plus the device."""
+    env: dict[str, object] = dict(common_environment("torchjd", "cvxpy", "clarabel"))
+    env["torch_threads"] = torch.get_num_threads()
+    env["device"] = str(device)
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -367,8 +393,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out",
         type=Path,
-        default=ROOT / "results" / "step_overhead",
-        help="output directory for results.json, table.md and overhead.png",
+        default=default_out("step_overhead"),
+        help="output directory for results.json, table.md and overhead.png "
+        "(default runs/step_overhead, ignored by git)",
     )
     p.add_argument("--child", nargs=3, metavar=("MODEL", "K", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -439,7 +466,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     header = (
-        f"Command: `{command}`\n\nMachine: {env['processor']}, {env['cpu_count']} cores, "
+        f"Command: `{command}`\n\nMachine: {env['processor']}, "
         f"torch {env['torch']} ({env['torch_threads']} threads), device {env['device']}"
         + (f" ({env['gpu']})" if "gpu" in env else "")
         + "\n\n"

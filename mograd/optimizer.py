@@ -1,41 +1,66 @@
 """The torch glue: :class:`MultiObjectiveOptimizer` (alias :data:`MOWrapper`).
 
-The third of mograd's three layers and the only one that touches parameters. One step
-(SPEC 1):
+The third of mograd's layers and the only one that touches parameters. One step:
 
-1. per-loss gradients on the optimizer's parameters, flattened into ``J`` (k x P), one row at
-   a time so that no second k x P copy is made (a loss that reaches only part of the graph,
-   like the IB KL term that reaches only the encoder, back-propagates only there);
+1. per-loss gradients ``J`` (k x P) on the optimizer's parameters, one backward pass per
+   loss (:mod:`mograd.gramian`); leaves outside the optimizer that the losses reach get
+   their own small blocks;
 2. under ``torch.distributed``, ``J`` and the loss values are averaged over the process
-   group, so that every rank forms the same Gram matrix;
-3. ``G = J_S J_S^T`` on the shared parameters S (:mod:`mograd.solver`);
-4. min-norm weights, reweighting and Smooth-IB coefficients (:mod:`mograd.weighting`);
-5. ``.grad = sum_i c_i J_i`` for every parameter that some loss reaches;
+   group (:mod:`mograd._distributed`), so that every rank forms the same Gram matrix;
+3. ``G = J_S J_S^T`` on the shared parameters S;
+4. normalization, the weighting (min-norm by default, paper eq. 8), MIB's reweighting
+   (eq. 12) and Smooth-IB coefficients (eqs. 13-14): :func:`mograd.weightings.combine`;
+5. ``.grad += sum_i c_i J_i`` for every leaf that some loss reaches, as
+   ``loss.backward()`` would write it;
 6. the wrapped optimizer steps.
 
 In *representation* mode (``features=z``, MGDA-UB) the Gram matrix is formed from the
 gradients with respect to the shared representation ``z`` instead, and one backward pass of
-``sum_i c_i L_i`` writes the gradients.
+``sum_i c_i L_i`` writes the gradients. ``docs/api.md`` states the full contract.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 
-from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm_solve
-from .weighting import reweight, smooth_coefficients
+from . import _distributed as distributed
+from ._checks import check_int, check_losses, check_number, loss_values
+from .frugal import GramianEngine, weighted_gradients
+from .gramian import accumulate_grad, gram, jacobian_rows, reached_leaves
+from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL
+from .weightings import (
+    NORMALIZATIONS,
+    WEIGHTINGS,
+    Combination,
+    Constant,
+    Mean,
+    MinNorm,
+    Weighting,
+    combine,
+    from_name,
+)
 
 __all__ = ["MOWrapper", "MultiObjectiveOptimizer", "NonFiniteError", "StepInfo"]
 
 NonFinitePolicy = Literal["raise", "skip", "ignore"]
 _POLICIES = ("raise", "skip", "ignore")
+_LEGACY_NAMES = ("min_norm", "mib", "equal")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_UNSET: Any = _Unset()
 
 
 class NonFiniteError(FloatingPointError):
@@ -50,18 +75,20 @@ class StepInfo:
     device-to-host synchronization; call ``.tolist()`` or :meth:`as_dict` to read them.
 
     Attributes:
-        weights: Min-norm weights ``w*`` (or the fixed weights), shape ``(k,)``.
-        reweighted: ``w~ = w* ** power``, shape ``(k,)``.
-        coefficients: Smooth-IB coefficients ``c``: the combined gradient is
-            ``sum_i c_i grad L_i``, shape ``(k,)``.
-        losses: Loss values (averaged over the process group when distributed), ``(k,)``.
+        weights: The weighting's weights ``w`` (min-norm ``w*`` by default), ``(k,)``.
+        reweighted: ``w~ = w ** power``, shape ``(k,)``.
+        coefficients: The coefficients ``c`` on the raw per-loss gradients: the combined
+            gradient is ``sum_i c_i grad L_i``, shape ``(k,)``.
+        losses: Loss values in at least float32 (averaged over the process group when
+            distributed), ``(k,)``.
         grad_norms: Norms of the per-loss gradients on the shared parameters (or on the
             features in representation mode), ``(k,)``.
         cosines: Pairwise cosine similarities of those gradients, ``(k, k)``.
-        iterations: Solver iterations (0 for k = 1 or fixed weights, 1 for the k = 2
-            closed form).
+        iterations: Solver iterations (0 for k = 1 and for weightings without a solver,
+            1 for the k = 2 closed form).
         skipped: ``True`` when a non-finite value made the step a no-op
             (``nonfinite="skip"``).
+        normalizers: The gradient normalizers ``n`` (all ones for ``normalize="none"``).
     """
 
     weights: torch.Tensor
@@ -72,15 +99,33 @@ class StepInfo:
     cosines: torch.Tensor
     iterations: int
     skipped: bool = False
+    normalizers: torch.Tensor | None = field(default=None)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain Python numbers and lists (one host synchronization), e.g. for logging."""
         out: dict[str, Any] = {}
         for name in ("weights", "reweighted", "coefficients", "losses", "grad_norms", "cosines"):
             out[name] = getattr(self, name).tolist()
+        if self.normalizers is not None:
+            out["normalizers"] = self.normalizers.tolist()
         out["iterations"] = self.iterations
         out["skipped"] = self.skipped
         return out
+
+
+@dataclass
+class _Accumulation:
+    """Per-loss gradients and loss values summed over micro-batches (see ``accumulate``)."""
+
+    jac: torch.Tensor
+    values: torch.Tensor
+    reached: list[bool]
+    params: list[torch.Tensor]
+    n_shared: int
+    extras: list[torch.Tensor]
+    blocks: list[torch.Tensor | None]
+    scale: torch.Tensor | None
+    count: int = 1
 
 
 def _all_finite(*tensors: torch.Tensor) -> torch.Tensor:
@@ -91,45 +136,111 @@ def _all_finite(*tensors: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _check_number(name: str, value: object, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or (positive and v <= 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """Values of a sparse tensor; half precision widened to float32 for sums and norms."""
+    if t.layout != torch.strided:
+        t = t.coalesce().values() if t.is_sparse else t.to_dense()
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of a list of tensors, in at least float32."""
+    norms = [torch.linalg.vector_norm(_wide(g)).to(torch.float64) for g in grads]
+    out: torch.Tensor = torch.linalg.vector_norm(torch.stack(norms))
+    return out
+
+
+def _truly_finite(tensors: Sequence[torch.Tensor | None]) -> bool:
+    """The exact (slow) check, used only after the cheap one failed."""
+    return all(t is None or bool(torch.isfinite(_wide(t)).all()) for t in tensors)
+
+
+def _diagnostics(gram_matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    norms = gram_matrix.diagonal().clamp_min(0).sqrt()
+    denom = (norms[:, None] * norms[None, :]).clamp_min(torch.finfo(gram_matrix.dtype).tiny)
+    return norms, gram_matrix / denom
+
+
+def _resolve(
+    weights: object, max_iter: int, tol: float
+) -> tuple[Weighting | Callable[[torch.Tensor], torch.Tensor], bool]:
+    """The weighting object, and whether ``weights`` is one of MIB's own spellings."""
+    names = sorted({*_LEGACY_NAMES, *WEIGHTINGS})
+    if isinstance(weights, str):
+        key = weights.lower().replace("-", "_")
+        if key in ("min_norm", "mib"):
+            return MinNorm(max_iter, tol), True
+        if key == "equal":
+            return Mean(), True
+        if key == "mgda":
+            return MinNorm(max_iter, tol), False
+        if key not in WEIGHTINGS:
+            raise ValueError(
+                f"weights must be one of {names}, a Weighting, a callable "
+                f"or a sequence of numbers, got {weights!r}"
+            )
+        return from_name(key), False
+    if isinstance(weights, Weighting):
+        return weights, False
+    if isinstance(weights, (torch.Tensor, Sequence)):
+        return Constant(weights), True
+    if callable(weights):
+        return weights, False
+    raise ValueError(
+        f"weights must be one of {names}, a Weighting, a callable or a sequence of "
+        f"numbers, got {weights!r}"
+    )
 
 
 class MultiObjectiveOptimizer(torch.optim.Optimizer):
-    """Wrap any ``torch.optim`` optimizer to step on several losses at once (MIB, SPEC 1).
+    """Wrap any ``torch.optim`` optimizer to step on several losses at once (MIB).
 
     The wrapper shares ``param_groups``, ``state`` and ``defaults`` with the wrapped
     optimizer, so LR schedulers, ``zero_grad``, step hooks and checkpoints work on it.
-    Like ``loss.backward()``, :meth:`backward` *adds* the combined gradient to ``.grad``:
-    call ``zero_grad()`` between steps as usual.
+    Like ``loss.backward()``, :meth:`backward` *adds* the combined gradient to ``.grad``
+    of every leaf that the losses reach: call ``zero_grad()`` between steps as usual.
 
     Args:
-        optimizer: The wrapped ``torch.optim.Optimizer`` (Adam, SGD, ...).
+        optimizer: The wrapped ``torch.optim.Optimizer`` (Adam, SGD, LBFGS, ...).
         shared_params: Parameters whose per-loss gradients form the Gram matrix (default:
-            all of the optimizer's parameters). Every parameter still receives
-            ``sum_i c_i grad L_i``.
-        weights: ``"min_norm"`` (Frank-Wolfe min-norm weights, the paper's method),
-            ``"equal"`` (``1/k`` each, the "MIB w.o. aw" ablation) or a fixed sequence of
-            non-negative weights used in place of ``w*`` as given.
-        power: Reweighting exponent ``p > 0``: ``w~ = w* ** p`` (2.0 = paper's
-            ``sqrted=True``; 1.0 = plain MGDA).
-        mu: Smooth-IB temperature ``mu > 0`` (paper: 0.2), or ``None`` for no smoothing.
-        nonfinite: What a NaN or infinite loss or gradient does: ``"raise"`` a
-            :class:`NonFiniteError` (default), ``"skip"`` the step leaving parameters,
-            gradients and optimizer state untouched (reported as ``StepInfo.skipped``), or
-            ``"ignore"`` (no check: NaN flows on as in plain PyTorch, and a step needs no
-            device-to-host synchronization at all). "raise" and "skip" read one boolean from
-            the device per step.
-        max_iter: Frank-Wolfe iteration cap (k >= 3).
+            all of the optimizer's parameters, including groups added later). Every
+            parameter still receives ``sum_i c_i grad L_i``.
+        weights: How the Gram matrix becomes weights. MIB's own spellings,
+            ``"min_norm"`` (the paper's min-norm weights, eq. 8; alias ``"mib"``),
+            ``"equal"`` (``1/k``, the "MIB w.o. aw" ablation) and a sequence of fixed
+            weights, default to MIB's reweighting and smoothing (``power=2.0``,
+            ``mu=0.2``). Every other choice is used exactly as it is (``power=1.0``,
+            ``mu=None``): a name from :data:`mograd.weightings.WEIGHTINGS` (``"mgda"``,
+            ``"mean"``, ``"upgrad"``, ...), a :class:`~mograd.weightings.Weighting`, or
+            any callable ``gram -> weights``.
+        power: Reweighting exponent ``p > 0``: ``w~ = w ** p`` (paper eq. 12). Passing it
+            composes MIB's reweighting with any weighting on purpose.
+        mu: Smooth-IB temperature ``mu > 0`` (paper eq. 13), or ``None`` for no smoothing.
+        normalize: Gradient normalization before the weighting: ``"none"`` (default, the
+            paper), ``"l2"`` (``n_i = |g_i|``), ``"loss"`` (``n_i = |L_i|``) or ``"loss+"``
+            (``n_i = |L_i| |g_i|``). See ``docs/api.md``.
+        normalized_update: With normalization, ``True`` (LibMTL's convention) makes the
+            update ``sum_i c_i g_i / n_i``; ``False`` (the original MGDA code's
+            convention) applies the same coefficients to the raw gradients,
+            ``sum_i c_i g_i``.
+        nonfinite: What a NaN or infinite loss, gradient or coefficient does: ``"raise"``
+            a :class:`NonFiniteError` (default), ``"skip"`` the step leaving parameters,
+            gradients and optimizer state untouched (reported as ``StepInfo.skipped``),
+            or ``"ignore"`` (no check: NaN flows on as in plain PyTorch, and a step needs
+            no device-to-host synchronization at all). "raise" and "skip" read one
+            boolean from the device per step.
+        max_iter: Frank-Wolfe iteration cap (min-norm weights, k >= 3).
         tol: Frank-Wolfe duality-gap tolerance, relative to the largest squared gradient
-            norm (k >= 3).
+            norm (min-norm weights, k >= 3).
         process_group: Process group over which per-loss gradients are averaged when
             ``torch.distributed`` is initialized (default: the world group).
+        jacobian: How the exact step forms the Gram matrix: ``"rows"`` (default) keeps the
+            k per-loss gradients in one k x P buffer; ``"gramian"`` never holds it
+            (:class:`mograd.frugal.GramianEngine`: module by module, then one more
+            backward pass of ``sum_i c_i L_i`` writes the gradients; O(P) memory instead of
+            O(k P), see ``docs/performance.md``). Same weights, same update.
+        modules: With ``jacobian="gramian"``: the model (or modules) holding every
+            parameter of the wrapped optimizer; forward hooks are registered on it.
 
     Raises:
         TypeError: If ``optimizer`` is not a ``torch.optim.Optimizer``.
@@ -152,14 +263,21 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        shared_params: Iterable[torch.Tensor] | None = None,
-        weights: str | Sequence[float] = "min_norm",
-        power: float = 2.0,
-        mu: float | None = 0.2,
+        shared_params: Sequence[torch.Tensor] | torch.Tensor | None = None,
+        weights: str
+        | Weighting
+        | Callable[[torch.Tensor], torch.Tensor]
+        | Sequence[float] = "min_norm",
+        power: float = _UNSET,
+        mu: float | None = _UNSET,
+        normalize: str = "none",
+        normalized_update: bool = True,
         nonfinite: NonFinitePolicy = "raise",
         max_iter: int = DEFAULT_MAX_ITER,
         tol: float = DEFAULT_TOL,
         process_group: Any = None,
+        jacobian: str = "rows",
+        modules: torch.nn.Module | Sequence[torch.nn.Module] | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
@@ -167,15 +285,16 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             )
         if isinstance(optimizer, MultiObjectiveOptimizer):
             raise TypeError("optimizer is already a MultiObjectiveOptimizer; wrap the inner one")
+        if isinstance(optimizer, torch.optim.SparseAdam):
+            raise ValueError(
+                "SparseAdam needs sparse gradients, but mograd combines k >= 2 gradients into "
+                "a dense one; use Adam (sparse gradients are densified, see docs/api.md)"
+            )
         self.optimizer = optimizer
-        self.power = _check_number("power", power, positive=True)
-        self.mu = None if mu is None else _check_number("mu", mu, positive=True)
         if nonfinite not in _POLICIES:
             raise ValueError(f"nonfinite must be one of {_POLICIES}, got {nonfinite!r}")
         self.nonfinite: NonFinitePolicy = nonfinite
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-        self.max_iter = max_iter
+        self.max_iter = check_int("max_iter", max_iter, minimum=1)
         if (
             isinstance(tol, bool)
             or not isinstance(tol, (int, float))
@@ -183,19 +302,43 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         ):
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
         self.tol = float(tol)
-        self.weights = self._check_weights(weights)
+        self.weighting, mib_spelling = _resolve(weights, self.max_iter, self.tol)
+        if power is _UNSET:
+            power = 2.0 if mib_spelling else 1.0
+        self.power = check_number("power", power, positive=True)
+        if mu is _UNSET:
+            mu = 0.2 if mib_spelling else None
+        self.mu = None if mu is None else check_number("mu", mu, positive=True)
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        self.normalize = normalize
+        if not isinstance(normalized_update, bool):
+            raise ValueError(f"normalized_update must be a bool, got {normalized_update!r}")
+        self.normalized_update = normalized_update
         self.process_group = process_group
+        if jacobian not in ("rows", "gramian"):
+            raise ValueError(f"jacobian must be 'rows' or 'gramian', got {jacobian!r}")
+        self.jacobian = jacobian
+        self._engine: GramianEngine | None = None
+        if jacobian == "gramian":
+            if modules is None:
+                raise ValueError(
+                    "jacobian='gramian' needs modules=: the model whose parameters the "
+                    "wrapped optimizer holds (forward hooks record what the Gram matrix needs)"
+                )
+            self._engine = GramianEngine(modules, self._held())
+        elif modules is not None:
+            raise ValueError("modules= is only used with jacobian='gramian'")
 
-        held = [p for group in optimizer.param_groups for p in group["params"]]
-        held_ids = {id(p) for p in held}
-        if shared_params is None:
-            shared = list(held)
-        else:
+        held = self._held()
+        self._shared: list[torch.Tensor] | None = None  # None: every held parameter
+        if shared_params is not None:
             if isinstance(shared_params, torch.Tensor):
                 shared_params = [shared_params]
             shared = list(shared_params)
             if not shared:
                 raise ValueError("shared_params is empty; pass None to share all parameters")
+            held_ids = {id(p) for p in held}
             for i, p in enumerate(shared):
                 if not isinstance(p, torch.Tensor):
                     raise TypeError(f"shared_params[{i}] is a {type(p).__name__}, not a tensor")
@@ -204,29 +347,25 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
                         f"shared_params[{i}] (shape {tuple(p.shape)}) is not held by the "
                         "wrapped optimizer"
                     )
-        shared_ids = {id(p) for p in shared}
-        self._shared_ids = shared_ids
-        # Layout: shared parameters first (a contiguous prefix of J), then the others.
-        self._params: list[torch.Tensor] = [p for p in held if id(p) in shared_ids] + [
-            p for p in held if id(p) not in shared_ids
-        ]
+            self._shared = shared
 
         self._wrapper_state: dict[str, int] = {"steps": 0, "skipped": 0}
         self._skip_pending = False
+        self._acc: _Accumulation | None = None
         self.last_info: StepInfo | None = None
 
         # What torch.optim.Optimizer.__init__ would set, minus the parameter bookkeeping
         # that stays with the wrapped optimizer.
-        self._optimizer_step_pre_hooks: dict[int, Callable[..., Any]] = OrderedDict()
-        self._optimizer_step_post_hooks: dict[int, Callable[..., Any]] = OrderedDict()
-        self._optimizer_state_dict_pre_hooks: dict[int, Callable[..., Any]] = OrderedDict()
-        self._optimizer_state_dict_post_hooks: dict[int, Callable[..., Any]] = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks: dict[int, Callable[..., Any]] = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks: dict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
         self._patch_step_function()
 
     # ------------------------------------------------------------------ shared state
-    @property  # type: ignore[override]
+    @property
     def param_groups(self) -> list[dict[str, Any]]:
         """The wrapped optimizer's ``param_groups`` (the same list object)."""
         return self.optimizer.param_groups
@@ -235,7 +374,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
     def param_groups(self, value: list[dict[str, Any]]) -> None:
         self.optimizer.param_groups = value
 
-    @property  # type: ignore[override]
+    @property
     def state(self) -> Any:
         """The wrapped optimizer's ``state`` (the same dict object)."""
         return self.optimizer.state
@@ -244,7 +383,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
     def state(self, value: Any) -> None:
         self.optimizer.state = value
 
-    @property  # type: ignore[override]
+    @property
     def defaults(self) -> dict[str, Any]:
         """The wrapped optimizer's ``defaults``."""
         return self.optimizer.defaults
@@ -260,32 +399,55 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         self.__dict__.update(state)
 
     def __repr__(self) -> str:
-        w = self.weights if isinstance(self.weights, str) else list(self.weights)
+        norm = "" if self.normalize == "none" else f", normalize={self.normalize!r}"
         return (
-            f"{type(self).__name__}(weights={w!r}, power={self.power}, mu={self.mu}, "
-            f"nonfinite={self.nonfinite!r},\n  optimizer={self.optimizer!r})"
+            f"{type(self).__name__}(weights={self._weighting_name()}, power={self.power}, "
+            f"mu={self.mu}{norm}, nonfinite={self.nonfinite!r},\n  optimizer={self.optimizer!r})"
         )
 
+    def _weighting_name(self) -> str:
+        w = self.weighting
+        if isinstance(w, Weighting):
+            return repr(w)
+        return getattr(w, "__qualname__", None) or repr(w)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group to the wrapped optimizer (its parameters are not shared)."""
+        """Add a parameter group to the wrapped optimizer.
+
+        Its parameters are trained, and they enter the Gram matrix unless ``shared_params``
+        was given (adding to the wrapped optimizer directly has the same effect).
+        """
         self.optimizer.add_param_group(param_group)
-        known = {id(p) for p in self._params}
-        self._params.extend(p for p in param_group["params"] if id(p) not in known)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients of all parameters (delegates to the wrapped optimizer)."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state dict plus the wrapper's own state under ``"mograd"``.
+    def _config(self) -> dict[str, Any]:
+        return {
+            "weights": self._weighting_name(),
+            "power": self.power,
+            "mu": self.mu,
+            "normalize": self.normalize,
+            "normalized_update": self.normalized_update,
+        }
 
-        State-dict hooks registered on the wrapper run as they would on any optimizer.
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state dict plus the wrapper's own under ``"mograd"``.
+
+        ``"mograd"`` holds the step counters, the options (checked on load) and the
+        weighting's state (random generators, warm starts). State-dict hooks registered
+        on the wrapper run as they would on any optimizer.
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         sd = self.optimizer.state_dict()
-        sd["mograd"] = dict(self._wrapper_state)
+        own: dict[str, Any] = dict(self._wrapper_state)
+        own["config"] = self._config()
+        if isinstance(self.weighting, Weighting):
+            own["weighting"] = self.weighting.state_dict()
+        sd["mograd"] = own
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             hook_result = post_hook(self, sd)
             if hook_result is not None:
@@ -293,7 +455,10 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict produced by :meth:`state_dict` (or by the bare wrapped optimizer)."""
+        """Load a state dict produced by :meth:`state_dict` (or by the bare wrapped optimizer).
+
+        Warns (``UserWarning``) when the checkpoint was written with other options.
+        """
         sd = dict(state_dict)
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             hook_result = pre_hook(self, sd)
@@ -302,191 +467,113 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         own = sd.pop("mograd", None)
         self.optimizer.load_state_dict(sd)
         if own is not None:
+            config = own.get("config")
+            if config is not None:
+                mine = self._config()
+                diff = {k: (v, mine.get(k)) for k, v in config.items() if mine.get(k) != v}
+                if diff:
+                    listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                    warnings.warn(
+                        f"loading a mograd checkpoint written with other options ({listed})",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+            if isinstance(self.weighting, Weighting) and "weighting" in own:
+                self.weighting.load_state_dict(own["weighting"])
             self._wrapper_state = {"steps": int(own["steps"]), "skipped": int(own["skipped"])}
         self._skip_pending = False
+        self._acc = None
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
     @property
     def steps(self) -> int:
-        """Multi-objective backward passes applied so far (checkpointed)."""
+        """Steps of the wrapped optimizer taken so far (skipped steps excluded; checkpointed)."""
         return self._wrapper_state["steps"]
 
-    # ------------------------------------------------------------------ validation
-    @staticmethod
-    def _check_weights(weights: str | Sequence[float]) -> str | tuple[float, ...]:
-        if isinstance(weights, str):
-            if weights not in ("min_norm", "equal"):
-                raise ValueError(
-                    f"weights must be 'min_norm', 'equal' or a sequence of numbers, got {weights!r}"
-                )
-            return weights
-        if isinstance(weights, torch.Tensor):
-            weights = weights.detach().cpu().tolist()
-        try:
-            values = tuple(float(w) for w in weights)
-        except (TypeError, ValueError) as exc:
+    # ------------------------------------------------------------------ layout
+    def _held(self) -> list[torch.Tensor]:
+        seen: set[int] = set()
+        out = []
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
+
+    def _layout(self) -> tuple[list[torch.Tensor], int]:
+        """The parameters that require grad, shared ones first, and the shared column count."""
+        held = [p for p in self._held() if p.requires_grad]
+        if not held:
+            raise ValueError("the wrapped optimizer holds no parameter that requires grad")
+        devices = {p.device for p in held}
+        if len(devices) > 1:
             raise ValueError(
-                f"weights must be 'min_norm', 'equal' or a sequence of numbers, got {weights!r}"
-            ) from exc
-        if not values:
-            raise ValueError("weights is an empty sequence")
-        for i, w in enumerate(values):
-            if not math.isfinite(w) or w < 0:
-                raise ValueError(f"weights[{i}] must be finite and >= 0, got {w!r}")
-        if sum(values) <= 0:
-            raise ValueError(f"weights must not all be zero, got {values!r}")
-        return values
+                f"parameters are on several devices ({sorted(map(str, devices))}); "
+                "mograd needs them on one device"
+            )
+        if self._shared is None:
+            return held, sum(p.numel() for p in held)
+        shared_ids = {id(p) for p in self._shared}
+        first = [p for p in held if id(p) in shared_ids]
+        rest = [p for p in held if id(p) not in shared_ids]
+        return first + rest, sum(p.numel() for p in first)
 
     @staticmethod
-    def _check_losses(losses: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if isinstance(losses, torch.Tensor):
-            raise TypeError(
-                "losses must be a list of scalar tensors, got a single tensor; "
-                "wrap it as [loss] or split a vector with list(losses.unbind())"
-            )
-        losses = list(losses)
-        if not losses:
-            raise ValueError("losses is empty: pass at least one scalar loss")
-        device = None
-        for i, loss in enumerate(losses):
-            if not isinstance(loss, torch.Tensor):
-                raise TypeError(f"losses[{i}] is a {type(loss).__name__}, not a tensor")
-            if loss.numel() != 1 or loss.dim() > 1:
-                raise ValueError(
-                    f"losses[{i}] must be a scalar, got shape {tuple(loss.shape)}; "
-                    "reduce it first (e.g. .mean())"
-                )
-            if not loss.requires_grad:
-                raise ValueError(
-                    f"losses[{i}] does not require grad: it is not connected to any parameter"
-                )
-            if device is None:
-                device = loss.device
-            elif loss.device != device:
-                raise ValueError(
-                    f"losses are on different devices: losses[0] on {device}, "
-                    f"losses[{i}] on {loss.device}"
-                )
-        return [loss if loss.dim() == 0 else loss.reshape(()) for loss in losses]
+    def _extras(losses: list[torch.Tensor], params: list[torch.Tensor]) -> list[torch.Tensor]:
+        held = {id(p) for p in params}
+        return [v for v in reached_leaves(losses) if id(v) not in held]
 
-    def _fixed_weights(self, k: int, ref: torch.Tensor) -> torch.Tensor:
-        if self.weights == "equal":
-            return torch.full((k,), 1.0 / k, dtype=ref.dtype, device=ref.device)
-        assert isinstance(self.weights, tuple)
-        if len(self.weights) != k:
-            raise ValueError(f"weights has {len(self.weights)} entries but {k} losses were given")
-        return torch.tensor(self.weights, dtype=ref.dtype, device=ref.device)
+    def _device_type(self) -> str:
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                return str(p.device.type)
+        return "cpu"
+
+    def _check_k(self, k: int) -> None:
+        if k > 1 and isinstance(self.weighting, Constant) and len(self.weighting.weights) != k:
+            raise ValueError(
+                f"weights has {len(self.weighting.weights)} entries but {k} losses were given"
+            )
 
     # ------------------------------------------------------------------ the step
-    def _distributed(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
+    def _combine(self, gram_matrix: torch.Tensor, values: torch.Tensor) -> Combination:
+        return combine(
+            gram_matrix,
+            values,
+            self.weighting,
+            power=self.power,
+            mu=self.mu,
+            normalize=self.normalize,
+            normalized_update=self.normalized_update,
+        )
 
-    def _all_reduce_mean(self, tensor: torch.Tensor) -> None:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.process_group)
-        tensor.div_(dist.get_world_size(group=self.process_group))
-
-    def _per_loss_jacobian(
-        self,
-        losses: list[torch.Tensor],
-        inputs: list[torch.Tensor],
-        retain_last: bool,
-        what: str = "any parameter held by the optimizer",
-    ) -> tuple[torch.Tensor, list[bool]]:
-        """Rows of J, one backward pass per loss, written into one (k, P) buffer."""
-        numels = [p.numel() for p in inputs]
-        total = sum(numels)
-        ref = inputs[0]
-        dtype = ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float32
-        jac = torch.empty((len(losses), total), dtype=dtype, device=ref.device)
-        reached = [False] * len(inputs)
-        for i, loss in enumerate(losses):
-            retain = retain_last or i < len(losses) - 1
-            grads = torch.autograd.grad(loss, inputs, retain_graph=retain, allow_unused=True)
-            row = jac[i]
-            if all(g is None for g in grads):
-                raise ValueError(f"losses[{i}] does not depend on {what}")
-            offset = 0
-            for j, (g, n) in enumerate(zip(grads, numels)):
-                seg = row[offset : offset + n]
-                if g is None:
-                    seg.zero_()
-                else:
-                    seg.copy_(g.reshape(-1))
-                    reached[j] = True
-                offset += n
-            del grads
-        return jac, reached
-
-    @staticmethod
-    def _diagnostics(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        norms = gram.diagonal().clamp_min(0).sqrt()
-        denom = (norms[:, None] * norms[None, :]).clamp_min(torch.finfo(gram.dtype).tiny)
-        return norms, gram / denom
-
-    def _weights_and_coefficients(
-        self, gram: torch.Tensor, loss_values: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        k = gram.shape[0]
-        if self.weights == "min_norm":
-            if k > 2 and not bool(torch.isfinite(gram).all()):
-                w, iters = torch.full((k,), float("nan"), dtype=gram.dtype, device=gram.device), 0
-            else:
-                res = min_norm_solve(gram, max_iter=self.max_iter, tol=self.tol, validate=False)
-                w, iters = res.weights, res.iterations
-        else:
-            w, iters = self._fixed_weights(k, gram), 0
-        w_tilde = reweight(w, self.power)
-        coeffs = smooth_coefficients(w_tilde, loss_values, self.mu)
-        return w, w_tilde, coeffs, iters
-
-    def _describe_nonfinite(self, loss_values: torch.Tensor, jac: torch.Tensor | None) -> str:
-        bad = [i for i, v in enumerate(loss_values.tolist()) if not math.isfinite(v)]
-        if bad:
-            vals = ", ".join(f"losses[{i}] = {loss_values[i].item()}" for i in bad)
-            return f"non-finite loss value: {vals}"
-        if jac is not None:
-            rows = torch.isfinite(jac).all(dim=1).tolist()
-            bad = [i for i, ok in enumerate(rows) if not ok]
-            if bad:
-                return f"non-finite gradient of losses{bad}"
-        return "non-finite combined gradient (check the loss scale and the model)"
-
-    def _handle_nonfinite(
-        self,
-        policy: str,
-        finite: torch.Tensor,
-        loss_values: torch.Tensor,
-        jac: torch.Tensor | None,
-    ) -> bool:
-        """Returns True when the step must be skipped (one host read, unless "ignore")."""
-        if policy == "ignore" or bool(finite):
-            return False
+    def _raise_or_skip(self, policy: str, values: torch.Tensor, what: str) -> bool:
+        """After a confirmed non-finite value: raise, or return True (skip)."""
         if policy == "raise":
+            bad = [i for i, v in enumerate(values.tolist()) if not math.isfinite(v)]
+            if bad:
+                what = "non-finite loss value: " + ", ".join(
+                    f"losses[{i}] = {values[i].item()}" for i in bad
+                )
             raise NonFiniteError(
-                self._describe_nonfinite(loss_values, jac)
-                + "; parameters, gradients and optimizer state were left untouched "
+                what + "; parameters, gradients and optimizer state were left untouched "
                 "(use nonfinite='skip' to skip such steps)"
             )
         return True
 
-    def _write_grads(self, params: list[torch.Tensor], flat: torch.Tensor, reached: list[bool]):
-        offset = 0
-        for p, hit in zip(params, reached):
-            n = p.numel()
-            if hit:
-                g = flat[offset : offset + n].view_as(p)
-                if g.dtype != p.dtype:
-                    g = g.to(p.dtype)
-                if p.grad is None:
-                    p.grad = g
-                else:
-                    p.grad.add_(g)
-            offset += n
+    def _record(self, info: StepInfo, skipped: bool) -> StepInfo:
+        if skipped:
+            info.skipped = True
+            self._skip_pending = True
+            self._wrapper_state["skipped"] += 1
+        self.last_info = info
+        return info
 
     def backward(
         self,
-        losses: Sequence[torch.Tensor],
+        losses: Sequence[torch.Tensor] | None = None,
         *,
         features: torch.Tensor | Sequence[torch.Tensor] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
@@ -496,7 +583,8 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
 
         Args:
             losses: k >= 1 scalar losses from one forward pass. With k = 1 this is exactly
-                ``losses[0].backward()``.
+                ``losses[0].backward()``. ``None`` applies the micro-batches gathered with
+                :meth:`accumulate`.
             features: Representation mode (MGDA-UB): the shared representation ``z`` (or
                 several tensors) that all losses are computed from. The weights come from
                 the gradients with respect to ``z`` and one backward pass of
@@ -509,169 +597,427 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             retain_graph: Keep the autograd graph after the last backward pass.
 
         Returns:
-            A :class:`StepInfo`.
+            A :class:`StepInfo` (also kept as ``last_info``).
 
         Raises:
             TypeError, ValueError: For malformed losses; nothing is modified.
-            NonFiniteError: With ``nonfinite="raise"`` when a loss or gradient is NaN or
-                infinite; nothing is modified.
+            NonFiniteError: With ``nonfinite="raise"`` when a loss, gradient or coefficient
+                is NaN or infinite; nothing is modified.
         """
-        losses = self._check_losses(losses)
+        with _no_autocast(self._device_type()):
+            return self._backward(losses, features, grad_scaler, retain_graph)
+
+    def _backward(
+        self,
+        losses: Sequence[torch.Tensor] | None,
+        features: torch.Tensor | Sequence[torch.Tensor] | None,
+        grad_scaler: torch.amp.GradScaler | None,
+        retain_graph: bool,
+    ) -> StepInfo:
+        if losses is None:
+            if features is not None or grad_scaler is not None:
+                raise ValueError("features= and grad_scaler= need losses")
+            return self._flush()
+        if self._acc is not None:
+            raise RuntimeError(
+                "micro-batches gathered with accumulate() are pending: apply them with "
+                "backward() or step() (no losses) first"
+            )
+        losses = check_losses(losses)
         k = len(losses)
+        self._check_k(k)
         self._skip_pending = False
-        ref = losses[0]
-        loss_values = torch.stack([loss.detach() for loss in losses]).to(
-            ref.dtype if ref.is_floating_point() else torch.float32
-        )
+        values = loss_values(losses)
         scale = None
         if grad_scaler is not None:
-            scale = grad_scaler.scale(torch.ones((), device=ref.device, dtype=torch.float32))
+            scale = grad_scaler.scale(torch.ones((), device=losses[0].device))
             losses = [grad_scaler.scale(loss) for loss in losses]
-        nonfinite = "ignore" if grad_scaler is not None else self.nonfinite
-
-        if k == 1 and features is None:
-            return self._single_loss(losses[0], loss_values, retain_graph, nonfinite)
+        policy = "ignore" if grad_scaler is not None else self.nonfinite
+        params, n_shared = self._layout()
+        if self._engine is not None and (features is not None or k == 1):
+            self._engine.clear()  # the forward records are not needed
         if features is not None:
-            return self._representation_step(
-                losses, loss_values, features, scale, retain_graph, nonfinite
+            return self._representation(losses, values, features, params, retain_graph, policy)
+        extras = self._extras(losses, params)
+        if k == 1:
+            return self._single(losses[0], values, params, extras, retain_graph, policy, scale)
+        if self._engine is not None:
+            return self._frugal(
+                losses, values, params, n_shared, extras, retain_graph, policy, scale
             )
+        jac, reached, blocks = jacobian_rows(losses, params, extras, retain_graph)
+        return self._finish(jac, values, reached, params, n_shared, extras, blocks, scale, policy)
 
-        params = [p for p in self._params if p.requires_grad]
-        if not params:
-            raise ValueError("the wrapped optimizer holds no parameter that requires grad")
-        devices = {p.device for p in params}
-        if len(devices) > 1:
+    def accumulate(
+        self,
+        losses: Sequence[torch.Tensor],
+        *,
+        grad_scaler: torch.amp.GradScaler | None = None,
+        retain_graph: bool = False,
+    ) -> None:
+        """Gather one micro-batch: add its per-loss gradients and loss values to a buffer.
+
+        Nothing is written to ``.grad``. After the last micro-batch, ``backward()`` (or
+        ``step()``) without losses solves once on the summed per-loss gradients and loss
+        values, i.e. on the full batch: scale each micro-batch's losses by ``1/n`` as in
+        plain PyTorch accumulation, and n micro-batches give the weights and the update of
+        one batch n times larger. A non-finite micro-batch makes the whole accumulated step
+        non-finite (raised or skipped when it is applied). Exact mode only.
+
+        Args:
+            losses: The k scalar losses of this micro-batch (k fixed across micro-batches).
+            grad_scaler: As in :meth:`backward` (the scale must not change in between).
+            retain_graph: Keep the autograd graph after the last backward pass.
+        """
+        with _no_autocast(self._device_type()):
+            self._accumulate(losses, grad_scaler, retain_graph)
+
+    def _accumulate(
+        self,
+        losses: Sequence[torch.Tensor],
+        grad_scaler: torch.amp.GradScaler | None,
+        retain_graph: bool,
+    ) -> None:
+        if self._engine is not None:
             raise ValueError(
-                f"parameters are on several devices ({sorted(map(str, devices))}); "
-                "mograd needs them on one device"
+                "accumulate() needs jacobian='rows': the Gram matrix of summed micro-batch "
+                "gradients cannot be formed from per-micro-batch Gram matrices"
             )
-        jac, reached = self._per_loss_jacobian(losses, params, retain_graph)
-        if self._distributed():
+        losses = check_losses(losses)
+        k = len(losses)
+        self._check_k(k)
+        values = loss_values(losses)
+        scale = None
+        if grad_scaler is not None:
+            scale = grad_scaler.scale(torch.ones((), device=losses[0].device))
+            losses = [grad_scaler.scale(loss) for loss in losses]
+        acc = self._acc
+        if acc is None:
+            params, n_shared = self._layout()
+            extras = self._extras(losses, params)
+            jac, reached, blocks = jacobian_rows(losses, params, extras, retain_graph)
+            self._acc = _Accumulation(jac, values, reached, params, n_shared, extras, blocks, scale)
+            return
+        if k != acc.jac.shape[0]:
+            raise ValueError(
+                f"accumulate() got {k} losses, earlier micro-batches {acc.jac.shape[0]}"
+            )
+        params, _ = self._layout()
+        if len(params) != len(acc.params) or any(a is not b for a, b in zip(params, acc.params)):
+            raise RuntimeError("the optimizer's parameters changed during accumulation")
+        known = {id(v) for v in acc.extras}
+        extras = [v for v in self._extras(losses, params) if id(v) not in known]
+        all_extras = [*acc.extras, *extras]
+        jac, reached, blocks = jacobian_rows(losses, params, all_extras, retain_graph)
+        acc.jac.add_(jac)
+        del jac
+        acc.values = acc.values + values.to(acc.values.dtype)
+        acc.reached = [a or b for a, b in zip(acc.reached, reached)]
+        merged: list[torch.Tensor | None] = []
+        for old, new in zip([*acc.blocks, *[None] * len(extras)], blocks):
+            merged.append(new if old is None else old if new is None else old + new)
+        acc.extras, acc.blocks = all_extras, merged
+        acc.count += 1
+
+    def _flush(self) -> StepInfo:
+        acc = self._acc
+        if acc is None:
+            raise ValueError("backward() without losses: nothing was gathered with accumulate()")
+        self._acc = None
+        self._skip_pending = False
+        policy = "ignore" if acc.scale is not None else self.nonfinite
+        return self._finish(
+            acc.jac,
+            acc.values,
+            acc.reached,
+            acc.params,
+            acc.n_shared,
+            acc.extras,
+            acc.blocks,
+            acc.scale,
+            policy,
+        )
+
+    def _finish(
+        self,
+        jac: torch.Tensor,
+        values: torch.Tensor,
+        reached: list[bool],
+        params: list[torch.Tensor],
+        n_shared: int,
+        extras: list[torch.Tensor],
+        blocks: list[torch.Tensor | None],
+        scale: torch.Tensor | None,
+        policy: str,
+    ) -> StepInfo:
+        k = jac.shape[0]
+        if distributed.is_distributed():
             # One collective for J (k times the usual gradient traffic), one small one for
             # the loss values and which parameters some rank reached.
-            self._all_reduce_mean(jac)
+            distributed.mean_(jac, self.process_group)
             small = torch.cat(
-                [
-                    loss_values.to(jac.dtype),
-                    torch.tensor(reached, dtype=jac.dtype, device=jac.device),
-                ]
+                [values.to(jac.dtype), torch.tensor(reached, dtype=jac.dtype, device=jac.device)]
             )
-            dist.all_reduce(small, op=dist.ReduceOp.SUM, group=self.process_group)
-            world = dist.get_world_size(group=self.process_group)
-            loss_values = (small[:k] / world).to(loss_values.dtype)
+            distributed.sum_(small, self.process_group)
+            world = distributed.world_size(self.process_group)
+            values = (small[:k] / world).to(values.dtype)
             reached = [bool(r > 0) for r in small[k:].tolist()]
-        n_shared = sum(p.numel() for p in params[: self._n_shared_in(params)])
         shared = jac[:, :n_shared]
-        gram = shared @ shared.T
-        w, w_tilde, coeffs, iters = self._weights_and_coefficients(gram, loss_values)
-        combined = coeffs.to(jac.dtype) @ jac
-        finite = _all_finite(loss_values, gram)  # NaN/inf in a shared gradient reach G
-        if n_shared < jac.shape[1]:
-            finite = finite & torch.isfinite(jac[:, n_shared:].sum())
-        norms, cosines = self._diagnostics(gram)
-        if scale is not None:
-            norms = norms / scale.to(norms.dtype)
-        info = StepInfo(w, w_tilde, coeffs, loss_values, norms, cosines, iters)
-        if self._handle_nonfinite(nonfinite, finite, loss_values, jac):
-            return self._skip(info)
+        g = gram(shared)
+        unscale = None if scale is None else scale.to(g.dtype) ** 2
+        comb = self._combine(g if unscale is None else g / unscale, values)
+        skip = False
+        if policy != "ignore":
+            finite = _all_finite(values, g, comb.coefficients)  # NaN/inf in J_S reach G
+            if n_shared < jac.shape[1]:
+                finite = finite & torch.isfinite(jac[:, n_shared:].sum())
+            for block in blocks:
+                if block is not None:
+                    finite = finite & torch.isfinite(block.sum())
+            if not bool(finite):
+                if not bool(torch.isfinite(values).all()):
+                    skip = self._raise_or_skip(policy, values, "")
+                elif not _truly_finite([jac, *blocks]):
+                    rows = torch.isfinite(jac).all(dim=1).tolist()
+                    bad = [i for i, ok in enumerate(rows) if not ok]
+                    what = (
+                        f"non-finite gradient of losses{bad}"
+                        if bad
+                        else ("non-finite gradient of a leaf outside the optimizer")
+                    )
+                    skip = self._raise_or_skip(policy, values, what)
+                else:
+                    # Finite gradients whose float32 Gram matrix overflowed: redo it in float64.
+                    g = gram(shared, rescale=True)
+                    unscale = None if scale is None else scale.to(g.dtype) ** 2
+                    comb = self._combine(g if unscale is None else g / unscale, values)
+                    if not bool(torch.isfinite(comb.coefficients).all()):
+                        skip = self._raise_or_skip(
+                            policy, values, "non-finite coefficients (check the loss scale)"
+                        )
+        g_user = g if unscale is None else g / unscale
+        norms, cosines = _diagnostics(g_user)
+        info = StepInfo(
+            comb.weights,
+            comb.reweighted,
+            comb.coefficients,
+            values,
+            norms,
+            cosines,
+            comb.iterations,
+            normalizers=comb.normalizers,
+        )
+        if skip:
+            return self._record(info, skipped=True)
+        coeffs = comb.coefficients.to(jac.dtype)
+        combined = coeffs @ jac
         del jac, shared
-        self._write_grads(params, combined, reached)
-        self._wrapper_state["steps"] += 1
-        self.last_info = info
-        return info
+        grads: list[torch.Tensor | None] = []
+        offset = 0
+        for p, hit in zip(params, reached):
+            n = p.numel()
+            grads.append(combined[offset : offset + n].view_as(p) if hit else None)
+            offset += n
+        accumulate_grad(params, [_cast(gr, p) for gr, p in zip(grads, params)], disjoint=True)
+        accumulate_grad(
+            extras,
+            [
+                None if b is None else (coeffs.to(b.dtype) @ b).view_as(v)
+                for v, b in zip(extras, blocks)
+            ],
+        )
+        return self._record(info, skipped=False)
 
-    def _n_shared_in(self, params: list[torch.Tensor]) -> int:
-        return sum(1 for p in params if id(p) in self._shared_ids)
-
-    def _skip(self, info: StepInfo) -> StepInfo:
-        info.skipped = True
-        self._skip_pending = True
-        self._wrapper_state["skipped"] += 1
-        self.last_info = info
-        return info
-
-    def _single_loss(
-        self, loss: torch.Tensor, loss_values: torch.Tensor, retain_graph: bool, nonfinite: str
-    ) -> StepInfo:
-        params = [p for p in self._params if p.requires_grad]
-        grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
-        if all(g is None for g in grads):
-            raise ValueError("losses[0] does not depend on any parameter held by the optimizer")
-        present = [g for g in grads if g is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
-        one = torch.ones(1, dtype=loss_values.dtype, device=loss_values.device)
-        info = StepInfo(one, one, one, loss_values, norm.reshape(1).to(one.dtype), one[:, None], 0)
-        finite = _all_finite(loss_values, norm)  # the norm is reported anyway
-        if self._handle_nonfinite(nonfinite, finite, loss_values, None):
-            return self._skip(info)
-        self._accumulate(params, grads)
-        self._wrapper_state["steps"] += 1
-        self.last_info = info
-        return info
-
-    @staticmethod
-    def _accumulate(params: list[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
-        for p, g in zip(params, grads):
-            if g is None:
-                continue
-            if p.grad is None:
-                p.grad = g
-            else:
-                p.grad.add_(g)
-
-    def _representation_step(
+    def _frugal(
         self,
         losses: list[torch.Tensor],
-        loss_values: torch.Tensor,
-        features: torch.Tensor | Sequence[torch.Tensor],
-        scale: torch.Tensor | None,
+        values: torch.Tensor,
+        params: list[torch.Tensor],
+        n_shared: int,
+        extras: list[torch.Tensor],
         retain_graph: bool,
-        nonfinite: str,
+        policy: str,
+        scale: torch.Tensor | None,
+    ) -> StepInfo:
+        """The exact step without the k x P buffer (``jacobian="gramian"``)."""
+        assert self._engine is not None
+        shared = params[: self._n_shared_params(params, n_shared)]
+        g, reached = self._engine.gram(losses, params, shared, process_group=self.process_group)
+        if distributed.is_distributed():
+            values = values.clone()
+            distributed.mean_(values, self.process_group)
+        unscale = None if scale is None else scale.to(g.dtype) ** 2
+        g_user = g if unscale is None else g / unscale
+        comb = self._combine(g_user, values)
+        norms, cosines = _diagnostics(g_user)
+        info = StepInfo(
+            comb.weights,
+            comb.reweighted,
+            comb.coefficients,
+            values,
+            norms,
+            cosines,
+            comb.iterations,
+            normalizers=comb.normalizers,
+        )
+        if policy != "ignore" and not bool(_all_finite(values, g, comb.coefficients)):
+            what = "non-finite gradient (it reached the Gram matrix) or coefficients"
+            if self._raise_or_skip(policy, values, what):
+                return self._record(info, skipped=True)
+        grads = weighted_gradients(
+            losses,
+            comb.coefficients,
+            params,
+            extras,
+            reached=reached,
+            retain_graph=retain_graph,
+            process_group=self.process_group,
+        )
+        if policy != "ignore":
+            sums = [_wide(gr).sum() for gr in grads if gr is not None]
+            if sums and not bool(torch.isfinite(torch.stack(sums).sum())):
+                if not _truly_finite(grads) and self._raise_or_skip(
+                    policy, values, "non-finite gradient"
+                ):
+                    return self._record(info, skipped=True)
+        n = len(params)
+        accumulate_grad(params, [_cast(gr, p) for gr, p in zip(grads[:n], params)])
+        accumulate_grad(extras, grads[n:])
+        return self._record(info, skipped=False)
+
+    @staticmethod
+    def _n_shared_params(params: list[torch.Tensor], n_shared_cols: int) -> int:
+        count, cols = 0, 0
+        for p in params:
+            if cols >= n_shared_cols:
+                break
+            cols += p.numel()
+            count += 1
+        return count
+
+    def _single(
+        self,
+        loss: torch.Tensor,
+        values: torch.Tensor,
+        params: list[torch.Tensor],
+        extras: list[torch.Tensor],
+        retain_graph: bool,
+        policy: str,
+        scale: torch.Tensor | None,
+    ) -> StepInfo:
+        leaves = [*params, *extras]
+        grads = torch.autograd.grad(loss, leaves, retain_graph=retain_graph, allow_unused=True)
+        if all(g is None for g in grads[: len(params)]):
+            raise ValueError("losses[0] does not depend on any parameter held by the optimizer")
+        present = [g for g in grads[: len(params)] if g is not None]
+        norm = _norm(present).to(values.dtype)
+        if scale is not None:
+            norm = norm / scale.to(norm.dtype)
+        one = torch.ones(1, dtype=values.dtype, device=values.device)
+        info = StepInfo(one, one, one, values, norm.reshape(1), one[:, None], 0, normalizers=one)
+        skip = False
+        if policy != "ignore":
+            finite = _all_finite(values, norm)
+            others = [_wide(g).sum() for g in grads[len(params) :] if g is not None]
+            if others:
+                finite = finite & torch.isfinite(torch.stack(others).sum())
+            if not bool(finite) and not (
+                bool(torch.isfinite(values).all()) and _truly_finite(list(grads))
+            ):
+                skip = self._raise_or_skip(policy, values, "non-finite gradient of losses[0]")
+        if skip:
+            return self._record(info, skipped=True)
+        accumulate_grad(leaves, grads)
+        return self._record(info, skipped=False)
+
+    def _representation(
+        self,
+        losses: list[torch.Tensor],
+        values: torch.Tensor,
+        features: torch.Tensor | Sequence[torch.Tensor],
+        params: list[torch.Tensor],
+        retain_graph: bool,
+        policy: str,
     ) -> StepInfo:
         feats = [features] if isinstance(features, torch.Tensor) else list(features)
         for i, f in enumerate(feats):
             if not isinstance(f, torch.Tensor) or not f.requires_grad:
+                hint = (
+                    " (gradients are disabled: was the forward pass run under torch.no_grad()?)"
+                    if not torch.is_grad_enabled()
+                    or (isinstance(f, torch.Tensor) and f.grad_fn is None)
+                    else ""
+                )
                 raise ValueError(
                     f"features[{i}] must be a tensor that requires grad (the shared "
-                    "representation the losses are computed from)"
+                    f"representation the losses are computed from){hint}"
                 )
         k = len(losses)
-        jac_z, _ = self._per_loss_jacobian(losses, feats, True, "the features")
-        gram = jac_z @ jac_z.T
-        if self._distributed():
+        jac_z, _, _ = jacobian_rows(losses, feats, [], True, "the features")
+        g = gram(jac_z)
+        if distributed.is_distributed():
             # Features of different ranks are different samples: the full-batch Gram is the
             # sum of the per-rank Gram matrices (up to a scale that the weights ignore).
-            packed = torch.cat([gram.reshape(-1), loss_values.to(gram.dtype)])
-            dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.process_group)
-            world = dist.get_world_size(group=self.process_group)
-            gram = packed[: k * k].view(k, k) / world**2
-            loss_values = (packed[k * k :] / world).to(loss_values.dtype)
-        w, w_tilde, coeffs, iters = self._weights_and_coefficients(gram, loss_values)
-        norms, cosines = self._diagnostics(gram)
-        if scale is not None:
-            norms = norms / scale.to(norms.dtype)
-        info = StepInfo(w, w_tilde, coeffs, loss_values, norms, cosines, iters)
-        total = (coeffs.detach().to(losses[0].dtype) * torch.stack(losses)).sum()
-        params = [p for p in self._params if p.requires_grad]
-        grads = torch.autograd.grad(total, params, retain_graph=retain_graph, allow_unused=True)
-        reached = [g is not None for g in grads]
-        present = [g for g in grads if g is not None]
-        if self._distributed():
-            flat = torch.cat([g.reshape(-1) for g in present])
-            self._all_reduce_mean(flat)
-            present = list(torch.split(flat, [g.numel() for g in present]))
-            present = [f.view_as(g) for f, g in zip(present, [g for g in grads if g is not None])]
-        if nonfinite != "ignore":
-            # A sum per tensor is the cheapest read that NaN and inf survive.
-            total_sum = torch.stack([g.sum() for g in present]).sum()
-            finite = _all_finite(loss_values, total_sum, gram)
-            if self._handle_nonfinite(nonfinite, finite, loss_values, jac_z):
-                return self._skip(info)
-        it = iter(present)
-        self._accumulate(params, [next(it) if hit else None for hit in reached])
-        self._wrapper_state["steps"] += 1
-        self.last_info = info
-        return info
+            packed = torch.cat([g.reshape(-1), values.to(g.dtype)])
+            distributed.sum_(packed, self.process_group)
+            world = distributed.world_size(self.process_group)
+            g = packed[: k * k].view(k, k) / world**2
+            values = (packed[k * k :] / world).to(values.dtype)
+        comb = self._combine(g, values)
+        norms, cosines = _diagnostics(g)
+        info = StepInfo(
+            comb.weights,
+            comb.reweighted,
+            comb.coefficients,
+            values,
+            norms,
+            cosines,
+            comb.iterations,
+            normalizers=comb.normalizers,
+        )
+        ref = losses[0]
+        total = (comb.coefficients.detach().to(ref.dtype) * torch.stack(losses)).sum()
+        if policy == "ignore" and not distributed.is_distributed():
+            # Nothing to check: one plain backward pass writes every leaf's .grad exactly as
+            # loss.backward() does (the hand-written step's cost).
+            torch.autograd.backward(total, retain_graph=retain_graph)
+            return self._record(info, skipped=False)
+        extras = self._extras(losses, params)
+        leaves = [*params, *extras]
+        grads = list(
+            torch.autograd.grad(total, leaves, retain_graph=retain_graph, allow_unused=True)
+        )
+        n = len(params)
+        if distributed.is_distributed():
+            present = [gr for gr in grads[:n] if gr is not None]
+            if present:
+                flat = torch.cat([gr.reshape(-1) for gr in present])
+                distributed.mean_(flat, self.process_group)
+                parts = iter(torch.split(flat, [gr.numel() for gr in present]))
+                grads[:n] = [None if gr is None else next(parts).view_as(gr) for gr in grads[:n]]
+        skip = False
+        if policy != "ignore":
+            sums = [_wide(gr).sum() for gr in grads if gr is not None]
+            finite = _all_finite(values, g, comb.coefficients)
+            if sums:
+                finite = finite & torch.isfinite(torch.stack(sums).sum())
+            if not bool(finite):
+                if not bool(torch.isfinite(values).all()):
+                    skip = self._raise_or_skip(policy, values, "")
+                elif not _truly_finite([jac_z, *grads]) or not bool(
+                    torch.isfinite(comb.coefficients).all()
+                ):
+                    skip = self._raise_or_skip(
+                        policy, values, "non-finite gradient in representation mode"
+                    )
+        if skip:
+            return self._record(info, skipped=True)
+        accumulate_grad(leaves, grads)
+        return self._record(info, skipped=False)
+
+    # ------------------------------------------------------------------ stepping
+    def _reevaluates(self) -> bool:
+        return isinstance(self.optimizer, torch.optim.LBFGS)
 
     @torch.no_grad()
     def _inner_step(self) -> None:
@@ -679,41 +1025,98 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             self._skip_pending = False
             return
         self.optimizer.step()
+        self._wrapper_state["steps"] += 1
+
+    def _closure_step(self, closure: Callable[[], Any]) -> torch.Tensor:
+        def evaluate() -> torch.Tensor:
+            with torch.enable_grad():
+                out = closure()
+            losses = [out] if isinstance(out, torch.Tensor) and out.numel() == 1 else out
+            info = self.backward(losses)
+            if info.skipped and self._reevaluates():
+                self._skip_pending = False
+                raise NonFiniteError(
+                    "non-finite value in a closure evaluation of "
+                    f"{type(self.optimizer).__name__}, which re-evaluates the closure "
+                    "within one step and so cannot skip it"
+                )
+            return (info.coefficients.to(info.losses.dtype) * info.losses).sum()
+
+        if self._reevaluates():
+            self._skip_pending = False
+            result = self.optimizer.step(evaluate)  # type: ignore[arg-type]
+            self._wrapper_state["steps"] += 1
+            return result  # type: ignore[return-value]
+        objective = evaluate()
+        self._inner_step()
+        return objective
 
     def step(  # type: ignore[override]
         self,
-        losses: Sequence[torch.Tensor] | None = None,
-        closure: Callable[[], Sequence[torch.Tensor]] | None = None,
+        losses: Sequence[torch.Tensor] | Callable[[], Any] | None = None,
+        closure: Callable[[], Any] | None = None,
         *,
         features: torch.Tensor | Sequence[torch.Tensor] | None = None,
-    ) -> StepInfo | None:
+    ) -> Any:
         """:meth:`backward` on ``losses`` (or on what ``closure`` returns), then the inner step.
 
-        A plain ``step()`` after :meth:`backward` only runs the wrapped optimizer's step
-        (skipped when that backward was skipped for a non-finite value): gradient clipping
-        or ``GradScaler.step`` fit in between.
+        * ``step(losses)`` returns the step's :class:`StepInfo`.
+        * ``step(closure)`` (positional or keyword, as in ``torch.optim``): the closure
+          zeroes the gradients, runs the model and returns the losses (a list, or one
+          scalar); mograd does the multi-objective backward. Optimizers that re-evaluate
+          the closure (LBFGS) get the multi-objective backward at every evaluation.
+          Returns, as ``torch.optim`` does, the loss: the scalar ``sum_i c_i L_i`` whose
+          gradient was applied (for k = 1, the loss itself); the :class:`StepInfo` is
+          ``last_info``.
+        * A plain ``step()`` after :meth:`backward` only runs the wrapped optimizer's step
+          (skipped when that backward was skipped for a non-finite value): gradient
+          clipping or ``GradScaler.step`` fit in between. After :meth:`accumulate` it first
+          applies the gathered micro-batches and returns their :class:`StepInfo`.
 
         Args:
-            losses: The k scalar losses, or ``None``.
-            closure: Alternatively, a callable that re-evaluates the model and returns the
-                losses (it is called with gradients enabled).
+            losses: The k scalar losses, a closure, or ``None``.
+            closure: A closure, as keyword.
             features: Representation mode, see :meth:`backward`.
-
-        Returns:
-            The :class:`StepInfo` of this step, or ``None`` for a plain ``step()``.
         """
+        if callable(losses) and not isinstance(losses, (torch.Tensor, Sequence)):
+            if closure is not None:
+                raise ValueError("pass one closure, not two")
+            losses, closure = None, losses
         if losses is not None and closure is not None:
             raise ValueError("pass either losses or closure, not both")
-        info: StepInfo | None = None
         if closure is not None:
-            with torch.enable_grad():
-                losses = closure()
+            if features is not None:
+                raise ValueError("features= cannot be combined with a closure")
+            return self._closure_step(closure)
+        if self._reevaluates():
+            raise ValueError(
+                f"{type(self.optimizer).__name__} re-evaluates the model within a step: "
+                "call opt.step(closure) with a closure that returns the losses"
+            )
+        info: StepInfo | None = None
         if losses is not None:
             info = self.backward(losses, features=features)
         elif features is not None:
             raise ValueError("features= needs losses")
+        elif self._acc is not None:
+            with _no_autocast(self._device_type()):
+                info = self._flush()
         self._inner_step()
         return info
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """mograd's own math (Gram matrix, weights, the combination) never runs under autocast:
+    a bf16 Gram matrix would change the weights in the third digit."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _cast(g: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor | None:
+    if g is None or g.dtype == p.dtype:
+        return g
+    return g.to(p.dtype)
 
 
 MOWrapper = MultiObjectiveOptimizer

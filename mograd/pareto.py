@@ -1,5 +1,10 @@
 """Pareto-front utilities: dominance filtering, 2-D hypervolume, IGD and front tracing.
 
+Front tracing (:func:`trace_front`) trains once per configuration; with ``rays=`` each
+configuration is a preference ray (:func:`preference_rays`) and the front records how far each
+final point is from its ray (:func:`ray_angles`). See ``docs/pareto.md`` and
+``docs/multi_fashion.md``.
+
 All objectives are **minimized**. To use an objective that should be maximized (for example the
 information-plane term I(Z;Y)), pass its negative.
 
@@ -33,6 +38,8 @@ __all__ = [
     "hypervolume",
     "igd",
     "non_dominated",
+    "preference_rays",
+    "ray_angles",
     "trace_front",
 ]
 
@@ -210,7 +217,116 @@ def igd(points: ArrayLike, front: ArrayLike) -> float:
         block = f[start : start + _CHUNK]
         d = np.sqrt(((block[:, None, :] - p[None, :, :]) ** 2).sum(axis=2))
         total += float(d.min(axis=1).sum())
-    return total / f.shape[0]
+    return float(total / f.shape[0])
+
+
+_RAY_TARGETS = ("inverse", "direct")
+
+
+def preference_rays(n: int, *, endpoints: bool = False) -> np.ndarray:
+    """``n`` unit preference rays for two objectives, evenly spaced in angle.
+
+    Ray ``i`` is ``(cos t_i, sin t_i)``. By default the angles are the midpoints
+    ``t_i = (i + 1/2) (pi/2) / n``, so every ray weighs both objectives (a linear scalarization
+    on an end ray would ignore one objective); ``endpoints=True`` gives
+    ``t_i = i (pi/2) / (n - 1)``, the evenly distributed preference vectors of Pareto MTL
+    (Lin et al., NeurIPS 2019), end rays included. Component ``j`` of a ray is how much
+    objective ``j`` matters.
+
+    Args:
+        n: Number of rays, ``>= 1`` (``>= 2`` with ``endpoints``).
+        endpoints: Include the two axis rays ``(1, 0)`` and ``(0, 1)``.
+
+    Returns:
+        Array of shape ``(n, 2)``, unit L2 norm rows, ordered from objective 1's side.
+
+    Raises:
+        ValueError: If ``n`` is too small.
+
+    Example:
+        >>> preference_rays(3).round(3).tolist()
+        [[0.966, 0.259], [0.707, 0.707], [0.259, 0.966]]
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < (2 if endpoints else 1):
+        raise ValueError(
+            f"n must be an int >= {2 if endpoints else 1}"
+            f"{' with endpoints=True' if endpoints else ''}, got {n!r}"
+        )
+    n = int(n)
+    t = np.linspace(0.0, np.pi / 2, n) if endpoints else (np.arange(n) + 0.5) * (np.pi / 2) / n
+    return np.stack([np.cos(t), np.sin(t)], axis=1)
+
+
+def _as_rays(rays: Any, m: int | None = None, n: int | None = None) -> np.ndarray:
+    """Validates rays: ``(n, m)`` (or one ``(m,)`` ray, broadcast), finite, >= 0, none zero."""
+    r = _to_numpy(rays, "rays")
+    if r.ndim == 1:
+        r = r.reshape(1, -1)
+        if n is not None:
+            r = np.repeat(r, n, axis=0)
+    if r.ndim != 2 or r.shape[1] < 1:
+        raise ValueError(f"rays must have shape (n_rays, n_objectives), got {tuple(r.shape)}")
+    if m is not None and r.shape[1] != m:
+        raise ValueError(f"rays have {r.shape[1]} components but the points have {m} objectives")
+    if n is not None and r.shape[0] != n:
+        raise ValueError(f"{r.shape[0]} rays were given for {n} points")
+    if not np.all(np.isfinite(r)) or np.any(r < 0) or np.any(r.sum(axis=1) <= 0):
+        raise ValueError(f"rays must be finite, >= 0 and not all zero, got {r.tolist()}")
+    return r
+
+
+def ray_angles(points: ArrayLike, rays: ArrayLike, *, target: str = "inverse") -> np.ndarray:
+    """Angle (degrees) between each objective vector and the direction its ray asks for.
+
+    A preference ray ``r`` says how much each objective matters. Two conventions name the
+    point of the front "in that direction":
+
+    - ``"inverse"`` (default): the exact-Pareto-optimal point of EPO (Mahapatra & Rajan,
+      ICML 2020), where ``r_1 f_1 = r_2 f_2 = ...``, i.e. ``f`` is parallel to
+      ``(1/r_1, ..., 1/r_m)``: the objective that matters more ends lower. Rays must be
+      positive.
+    - ``"direct"``: ``f`` parallel to ``r`` (the sub-region of Pareto MTL, Lin et al.
+      NeurIPS 2019, is the cone of loss vectors closest in angle to ``r``).
+
+    The angle is only meaningful for non-negative objectives (losses, error rates), measured
+    from the origin.
+
+    Args:
+        points: Objective values, shape ``(n, m)``; finite, non-negative, no zero row.
+        rays: One ray per point ``(n, m)``, or one ray ``(m,)`` for all; finite, ``>= 0``.
+        target: ``"inverse"`` or ``"direct"``.
+
+    Returns:
+        Angles in degrees, shape ``(n,)``, in ``[0, 90]``.
+
+    Raises:
+        ValueError: On bad shapes, negative or non-finite values, a zero point, a zero ray
+            component with ``target="inverse"``, or an unknown ``target``.
+
+    Example:
+        >>> ray_angles([[1.0, 3.0], [2.0, 2.0]], [[0.75, 0.25], [0.5, 0.5]]).round(6).tolist()
+        [0.0, 0.0]
+        >>> float(ray_angles([[1.0, 0.0]], [0.5, 0.5])[0])
+        45.0
+    """
+    if target not in _RAY_TARGETS:
+        raise ValueError(f"target must be one of {_RAY_TARGETS}, got {target!r}")
+    p = _as_points(points, "points")
+    r = _as_rays(rays, p.shape[1], p.shape[0])
+    if np.any(p < 0) or np.any(np.linalg.norm(p, axis=1) == 0):
+        raise ValueError("ray_angles needs non-negative points with at least one nonzero entry")
+    if target == "inverse":
+        if np.any(r == 0):
+            raise ValueError(f"target='inverse' needs positive rays, got {r.tolist()}")
+        d = 1.0 / r
+    else:
+        d = r
+    a = p / np.linalg.norm(p, axis=1, keepdims=True)
+    b = d / np.linalg.norm(d, axis=1, keepdims=True)
+    # 2 atan2(|a - b|, |a + b|): accurate for small angles, where arccos(cos) is not.
+    ang = 2.0 * np.arctan2(np.linalg.norm(a - b, axis=1), np.linalg.norm(a + b, axis=1))
+    out: np.ndarray = np.degrees(ang)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,6 +341,11 @@ class Front(Generic[C]):
         hypervolume: Hypervolume of ``points`` w.r.t. ``ref`` (two objectives), or ``None``
             when no ``ref`` was given.
         seconds: Wall time of each training call, shape ``(n,)`` (zeros for ``from_points``).
+        rays: The preference ray of each point, shape ``(n, m)``, when the front was traced
+            along rays; else ``None``.
+        angles: Angle in degrees between each point and its ray's target direction
+            (:func:`ray_angles`), shape ``(n,)``; ``None`` without rays.
+        ray_target: The convention of ``angles`` (``"inverse"`` or ``"direct"``), or ``None``.
     """
 
     points: np.ndarray
@@ -233,6 +354,9 @@ class Front(Generic[C]):
     ref: np.ndarray | None = None
     hypervolume: float | None = None
     seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rays: np.ndarray | None = None
+    angles: np.ndarray | None = None
+    ray_target: str | None = None
 
     @classmethod
     def from_points(
@@ -241,6 +365,8 @@ class Front(Generic[C]):
         configs: Sequence[C] | None = None,
         *,
         ref: ArrayLike | None = None,
+        rays: ArrayLike | None = None,
+        ray_target: str = "inverse",
     ) -> Front[C]:
         """Builds a front from already computed objective values.
 
@@ -248,6 +374,9 @@ class Front(Generic[C]):
             points: Objective values, shape ``(n, m)``; finite.
             configs: One configuration per point (default: the indices ``0..n-1``).
             ref: Optional reference point of shape ``(2,)`` for the hypervolume.
+            rays: Optional preference ray of each point, shape ``(n, m)`` (or one ray ``(m,)``
+                for all); fills ``rays`` and ``angles`` (see :func:`ray_angles`).
+            ray_target: ``"inverse"`` or ``"direct"``, see :func:`ray_angles`.
 
         Returns:
             The ``Front``.
@@ -263,13 +392,18 @@ class Front(Generic[C]):
         if r is not None and p.shape[1] != 2:
             raise ValueError(f"hypervolume needs 2 objectives, points has {p.shape[1]}")
         hv = None if r is None else hypervolume(p, r)
-        return cls(p, cfg, non_dominated(p), r, hv, np.zeros(p.shape[0]))
+        if rays is None:
+            return cls(p, cfg, non_dominated(p), r, hv, np.zeros(p.shape[0]))
+        ra = _as_rays(rays, p.shape[1], p.shape[0])
+        angles = ray_angles(p, ra, target=ray_target)
+        return cls(p, cfg, non_dominated(p), r, hv, np.zeros(p.shape[0]), ra, angles, ray_target)
 
     @property
     def pareto_points(self) -> np.ndarray:
         """The non-dominated points, sorted by the first objective, shape ``(k, m)``."""
         pts = self.points[self.mask]
-        return pts[np.argsort(pts[:, 0], kind="stable")]
+        ordered: np.ndarray = pts[np.argsort(pts[:, 0], kind="stable")]
+        return ordered
 
     @property
     def pareto_configs(self) -> list[C]:
@@ -302,24 +436,41 @@ def _objective_vector(out: Any, index: int, config: Any) -> np.ndarray:
 
 def trace_front(
     train_fn: Callable[[C], ArrayLike],
-    configs: Iterable[C],
+    configs: Iterable[C] | None = None,
     *,
+    rays: ArrayLike | int | None = None,
+    ray_target: str = "inverse",
     ref: ArrayLike | None = None,
     progress: bool = True,
     seed: int | None = None,
     desc: str = "trace_front",
 ) -> Front[C]:
-    """Traces a Pareto front by training once per configuration.
+    """Traces a Pareto front by training once per configuration or preference ray.
 
     ``train_fn`` is your training routine: given one configuration (a starting point, a
     preference vector, a beta, a dict of hyper-parameters...) it trains and returns the final
     objective values, all to be minimized. ``trace_front`` calls it for every configuration,
     collects the points and marks the non-dominated ones.
 
+    **Preference rays.** With ``rays=`` the front is traced along preference rays: one run
+    per ray, meant to end at the point of the front in that ray's direction (for instance
+    ``MOWrapper(opt, weights=UPGrad(pref_vector=ray))``, or a linear scalarization
+    ``weights=Constant(ray)`` as the baseline). Without ``configs`` each ray itself (a numpy
+    array of shape ``(m,)``) is passed to ``train_fn``; with ``configs`` (one per ray, e.g.
+    dicts holding the ray and more settings) those are passed instead. The returned front then
+    has ``rays`` and ``angles``: how far, in degrees, each final point is from the direction
+    its ray asks for (:func:`ray_angles`; ``ray_target`` picks EPO's ``"inverse"`` convention,
+    ``r_i f_i`` equal, or ``"direct"``, ``f`` parallel to ``r``; NaN for a point with a negative
+    objective, where no angle is defined).
+
     Args:
         train_fn: ``train_fn(config) -> objectives``; a sequence of floats or 0-d tensors, or a
             1-D array/tensor of length ``m`` (the same ``m`` for every call), all finite.
-        configs: The configurations to train; consumed once, must not be empty.
+        configs: The configurations to train; consumed once, must not be empty. Optional when
+            ``rays`` is given.
+        rays: Preference rays, shape ``(n, m)``, or an int ``n`` for
+            :func:`preference_rays` ``(n)`` (two objectives); finite, ``>= 0``.
+        ray_target: ``"inverse"`` (default) or ``"direct"``, see :func:`ray_angles`.
         ref: Reference point ``(2,)`` for the hypervolume (two objectives only); ``None`` skips
             the hypervolume.
         progress: Show a progress bar on stderr (``tqdm`` if installed, else one line per call).
@@ -331,9 +482,10 @@ def trace_front(
         A :class:`Front` with the points in the order of ``configs``.
 
     Raises:
-        ValueError: If ``configs`` is empty, ``ref`` is malformed, or a call returns a
-            non-finite, wrongly shaped or differently sized objective vector (the message names
-            the configuration).
+        ValueError: If ``configs`` is empty (or neither ``configs`` nor ``rays`` is given),
+            ``ref`` or ``rays`` is malformed, ``configs`` and ``rays`` differ in length, or a
+            call returns a non-finite, wrongly shaped or differently sized objective vector
+            (the message names the configuration).
 
     Example:
         Trace the front of ``f1 = x^2, f2 = (x - 2)^2`` by sweeping a linear weight:
@@ -356,10 +508,32 @@ def trace_front(
         20.625
         >>> [round(float(p[0]), 2) for p in front.pareto_points]
         [0.0, 0.25, 1.0, 2.25, 4.0]
+
+        Along three preference rays, linear scalarization with the ray as weights ends on
+        the front but off the rays except the middle one (EPO's convention):
+
+        >>> def scalarized(ray) -> list[float]:
+        ...     w = ray / ray.sum()
+        ...     return train(float(w[0]))
+        >>> front = trace_front(scalarized, rays=3, progress=False)
+        >>> front.angles.round(1).tolist()
+        [10.9, 0.0, 10.9]
     """
-    cfgs = list(configs)
+    ray_arr: np.ndarray = np.zeros((0, 0))
+    if rays is not None:
+        ray_arr = _as_rays(preference_rays(rays) if isinstance(rays, (int, np.integer)) else rays)
+        if ray_target not in _RAY_TARGETS:
+            raise ValueError(f"ray_target must be one of {_RAY_TARGETS}, got {ray_target!r}")
+    if configs is None:
+        if rays is None:
+            raise ValueError("trace_front needs configs or rays")
+        cfgs: list[Any] = [row.copy() for row in ray_arr]
+    else:
+        cfgs = list(configs)
     if not cfgs:
         raise ValueError("configs is empty: trace_front needs at least one configuration")
+    if rays is not None and len(cfgs) != ray_arr.shape[0]:
+        raise ValueError(f"configs has {len(cfgs)} entries but {ray_arr.shape[0]} rays were given")
     r = None if ref is None else _as_ref(ref, 2)
     bar: Any = None
     if progress:
@@ -398,4 +572,19 @@ def trace_front(
             bar.close()
     pts = np.stack(rows)
     hv = None if r is None else hypervolume(pts, r)
-    return Front(pts, cfgs, non_dominated(pts), r, hv, np.asarray(seconds))
+    if rays is None:
+        return Front(pts, cfgs, non_dominated(pts), r, hv, np.asarray(seconds))
+    if ray_arr.shape[1] != pts.shape[1]:
+        raise ValueError(
+            f"rays have {ray_arr.shape[1]} components but train_fn returned {pts.shape[1]} "
+            "objectives"
+        )
+    # Angles need non-negative objective vectors; a point without one gets NaN rather than
+    # an error that would throw away the trained front.
+    angles = np.full(pts.shape[0], np.nan)
+    ok = np.all(pts >= 0, axis=1) & np.any(pts > 0, axis=1)
+    if ok.any():
+        angles[ok] = ray_angles(pts[ok], ray_arr[ok], target=ray_target)
+    return Front(
+        pts, cfgs, non_dominated(pts), r, hv, np.asarray(seconds), ray_arr, angles, ray_target
+    )

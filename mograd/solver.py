@@ -1,8 +1,8 @@
 """Min-norm point of the convex hull of k gradients, from their k x k Gram matrix.
 
 This module is the first of mograd's three layers: a pure solver. It sees only the Gram
-matrix ``G = J J^T`` of the per-loss gradients (SPEC 1.2) and returns the weights
-``w* = argmin_{w in simplex} w^T G w`` (SPEC 1.3, paper eq. 8). It never touches
+matrix ``G = J J^T`` of the per-loss gradients and returns the weights
+``w* = argmin_{w in simplex} w^T G w`` (paper eq. 8). It never touches
 parameters or autograd.
 
 * ``k = 1``: ``w* = [1]``.
@@ -133,6 +133,12 @@ def _frank_wolfe(g: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, 
         return np.full(k, 1.0 / k), 0, 0.0
     g = g / scale  # objective scale 1: tolerances below are relative
     w = _best_pair_start(g)
+    # Ties: when the uniform point is as good (all gradients identical, or a symmetric
+    # configuration), start there, so that identical gradients get equal weights for every
+    # k, as the k = 2 closed form gives the midpoint.
+    uniform = np.full(k, 1.0 / k)
+    if float(uniform @ g @ uniform) <= float(w @ g @ w) * (1.0 + 1e-12) + 1e-15:
+        w = uniform
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
         d = g @ w
@@ -218,7 +224,7 @@ def min_norm_solve(
 def min_norm_weights(
     gram: torch.Tensor, *, max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL
 ) -> torch.Tensor:
-    """Min-norm weights of the convex hull of k gradients (SPEC 1.3, paper eq. 8).
+    """Min-norm weights of the convex hull of k gradients (paper eq. 8).
 
     ``w* = argmin_{w >= 0, sum(w) = 1} || sum_i w_i g_i ||^2 = argmin w^T G w``.
 

@@ -3,10 +3,10 @@
 The second of mograd's three layers. Each function maps tensors to tensors, with no
 parameters, no autograd and no host synchronization:
 
-* :func:`reweight` is SPEC 1.4 (paper eq. 12): ``w~_i = (w*_i) ** p``. The paper writes
+* :func:`reweight` is paper eq. 12: ``w~_i = (w*_i) ** p``. The paper writes
   ``p = 1 + sqrt(sqrted)`` for a boolean ``sqrted``; ``p = 2`` is MIB's default and ``p = 1``
   leaves the min-norm weights as they are (MGDA).
-* :func:`smooth_coefficients` is SPEC 1.5 (paper eqs. 13-14): with ``x_i = w~_i L_i`` held
+* :func:`smooth_coefficients` is paper eqs. 13-14: with ``x_i = w~_i L_i`` held
   as constants in the weights, the gradient of
   ``L_smooth = sum_i x_i + mu * log sum_i exp((x_i - min_j x_j) / mu) + min_j x_j`` is
   ``sum_i c_i grad L_i`` with ``c_i = w~_i (1 + softmax(x / mu)_i)``. With ``mu=None`` there
@@ -24,7 +24,7 @@ __all__ = ["reweight", "smooth_coefficients", "smooth_ib_loss"]
 
 
 def reweight(weights: torch.Tensor, power: float = 2.0) -> torch.Tensor:
-    """Nonlinear reweighting ``w~ = w ** power`` (SPEC 1.4, paper eq. 12).
+    """Nonlinear reweighting ``w~ = w ** power`` (paper eq. 12).
 
     Args:
         weights: Non-negative weights, shape ``(k,)``.
@@ -50,7 +50,7 @@ def reweight(weights: torch.Tensor, power: float = 2.0) -> torch.Tensor:
 def smooth_coefficients(
     reweighted: torch.Tensor, losses: torch.Tensor, mu: float | None = 0.2
 ) -> torch.Tensor:
-    """Per-loss gradient coefficients of the Smooth-IB aggregation (SPEC 1.5, eq. 14).
+    """Per-loss gradient coefficients of the Smooth-IB aggregation (paper eqs. 13-14).
 
     ``c_i = w~_i (1 + a_i)`` with ``a = softmax(w~ * L / mu)``; ``c = w~`` when ``mu`` is
     ``None``. The combined gradient is ``sum_i c_i grad L_i``.
@@ -72,7 +72,15 @@ def smooth_coefficients(
     if mu is None:
         return reweighted
     losses = losses.to(reweighted.dtype)
-    attention = torch.softmax(reweighted * losses / mu, dim=0)
+    logits = reweighted * losses / mu
+    attention = torch.softmax(logits, dim=0)
+    if reweighted.dtype != torch.float64:
+        # Finite losses near the dtype's maximum overflow w~ L / mu; softmax subtracts the
+        # maximum, so float64 logits give the right attention. Chosen by torch.where (no
+        # host synchronization), it leaves the usual case bit-identical.
+        wide = torch.softmax(reweighted.double() * losses.double() / mu, dim=0)
+        ok = torch.isfinite(logits).all()
+        attention = torch.where(ok, attention, wide.to(attention.dtype))
     return reweighted * (1.0 + attention)
 
 

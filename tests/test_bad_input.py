@@ -154,12 +154,16 @@ BAD_OPTIONS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("weights zero", lambda: MOWrapper(adam(), weights=(0.0, 0.0)), ValueError, "must not all be zero"),
     ("weights empty", lambda: MOWrapper(adam(), weights=()), ValueError, "empty"),
     ("weights nan", lambda: MOWrapper(adam(), weights=(float("nan"), 1.0)), ValueError, r"weights\[0\]"),
-    ("weights name", lambda: MOWrapper(adam(), weights="mgda"), ValueError, "got 'mgda'"),
+    ("weights name", lambda: MOWrapper(adam(), weights="frank_wolfe"), ValueError, "got .frank_wolfe."),
     ("nonfinite", lambda: MOWrapper(adam(), nonfinite="warn"), ValueError, "nonfinite must be one of .* got 'warn'"),
     ("max_iter", lambda: MOWrapper(adam(), max_iter=0), ValueError, "max_iter must be an int >= 1, got 0"),
     ("tol", lambda: MOWrapper(adam(), tol=-1e-3), ValueError, "tol must be .* got -0.001"),
     ("shared foreign", lambda: MOWrapper(adam(), shared_params=[nn.Parameter(torch.ones(3))]), ValueError, r"shared_params\[0\] \(shape \(3,\)\) is not held"),
     ("shared empty", lambda: MOWrapper(adam(), shared_params=[]), ValueError, "shared_params is empty"),
+    ("normalize", lambda: MOWrapper(adam(), normalize="L2"), ValueError, "normalize must be one of .* got 'L2'"),
+    ("normalized_update", lambda: MOWrapper(adam(), normalized_update="yes"), ValueError, "normalized_update must be a bool, got 'yes'"),
+    ("weights object", lambda: MOWrapper(adam(), weights=3), ValueError, "weights must be one of .* got 3"),
+    ("SparseAdam", lambda: MOWrapper(torch.optim.SparseAdam(nn.Embedding(3, 2, sparse=True).parameters())), ValueError, "SparseAdam needs sparse gradients"),
 ]
 
 
@@ -167,3 +171,28 @@ BAD_OPTIONS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
 def test_bad_options(name, build, exc, match) -> None:
     with pytest.raises(exc, match=match):
         build()
+
+
+def _two(model, x):
+    out = model(x)
+    return [out[:, 0].pow(2).mean(), out[:, 1].abs().mean()]
+
+
+BAD_CALLS: list[tuple[str, Callable, type[Exception], str]] = [
+    ("backward with nothing accumulated", lambda m, o, x: o.backward(), ValueError, "nothing was gathered with accumulate"),
+    ("losses and closure", lambda m, o, x: o.step(_two(m, x), closure=lambda: _two(m, x)), ValueError, "either losses or closure"),
+    ("closure with features", lambda m, o, x: o.step(lambda: _two(m, x), features=m[0](x)), ValueError, "features= cannot be combined with a closure"),
+    ("features without losses", lambda m, o, x: o.step(features=m[0](x)), ValueError, "features= needs losses"),
+    ("accumulate then backward(losses)", lambda m, o, x: (o.accumulate(_two(m, x)), o.backward(_two(m, x))), RuntimeError, "accumulate.. are pending"),
+    ("accumulate k changes", lambda m, o, x: (o.accumulate(_two(m, x)), o.accumulate(_two(m, x)[:1])), ValueError, "got 1 losses, earlier micro-batches 2"),
+    ("accumulate a single tensor", lambda m, o, x: o.accumulate(m(x).mean()), TypeError, "single tensor"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "exc", "match"), BAD_CALLS, ids=[b[0] for b in BAD_CALLS])
+def test_bad_calls_raise_and_touch_nothing(name, call, exc, match) -> None:
+    model, opt, x = setup()
+    snap = snapshot(model, opt)
+    with pytest.raises(exc, match=match):
+        call(model, opt, x)
+    assert_untouched(model, opt, snap)

@@ -38,11 +38,18 @@ def losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Ten
     ]
 
 
-def train(model: nn.Module, opt: MOWrapper, xs, ys, ddp: nn.Module | None = None) -> list:
+def train(
+    model: nn.Module, opt: MOWrapper, xs, ys, ddp: nn.Module | None = None, micro: int = 0
+) -> list:
     trace = []
     for x, y in zip(xs, ys):
         opt.zero_grad()
-        if ddp is not None:
+        if micro:
+            # gradient accumulation: micro-batches with losses scaled by 1/micro, one solve
+            for xm, ym in zip(x.chunk(micro), y.chunk(micro)):
+                opt.accumulate([loss / micro for loss in losses(model, xm, ym)])
+            info = opt.step()
+        elif ddp is not None:
             with ddp.no_sync():  # the wrapper does the (k-fold) gradient all-reduce itself
                 info = opt.step(losses(ddp.module, x, y))
         else:
@@ -51,17 +58,18 @@ def train(model: nn.Module, opt: MOWrapper, xs, ys, ddp: nn.Module | None = None
     return trace
 
 
-def worker(rank: int, world: int, init_file: str, out_dir: str, use_ddp: bool) -> None:
+def worker(rank: int, world: int, init_file: str, out_dir: str, mode: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         model = build().double()
-        ddp = nn.parallel.DistributedDataParallel(model) if use_ddp else None
-        opt = MOWrapper(torch.optim.Adam(model.parameters(), lr=1e-2))
+        ddp = nn.parallel.DistributedDataParallel(model) if mode == "ddp" else None
+        extra = {"jacobian": "gramian", "modules": model} if mode == "gramian" else {}
+        opt = MOWrapper(torch.optim.Adam(model.parameters(), lr=1e-2), **extra)
         xs, ys = data()
         half = BATCH // world
         xs, ys = xs[:, rank * half : (rank + 1) * half], ys[:, rank * half : (rank + 1) * half]
-        trace = train(model, opt, xs, ys, ddp)
+        trace = train(model, opt, xs, ys, ddp, micro=2 if mode == "accumulate" else 0)
         torch.save(
             {"weights": trace, "params": [p.detach() for p in model.parameters()]},
             os.path.join(out_dir, f"rank{rank}.pt"),
@@ -70,10 +78,10 @@ def worker(rank: int, world: int, init_file: str, out_dir: str, use_ddp: bool) -
         dist.destroy_process_group()
 
 
-def run_two_ranks(tmp_path, use_ddp: bool) -> list[dict]:
+def run_two_ranks(tmp_path, mode: str) -> list[dict]:
     init_file = str(tmp_path / "init")
     mp.start_processes(
-        worker, args=(2, init_file, str(tmp_path), use_ddp), nprocs=2, join=True,
+        worker, args=(2, init_file, str(tmp_path), mode), nprocs=2, join=True,
         start_method="spawn" if sys.platform != "linux" else "fork",
     )
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -89,10 +97,10 @@ def reference() -> dict:
 
 def test_two_gloo_ranks_match_one_process(tmp_path) -> None:
     ref = reference()
-    for use_ddp in (False, True):
-        out = tmp_path / ("ddp" if use_ddp else "plain")
+    for mode in ("plain", "ddp", "accumulate", "gramian"):
+        out = tmp_path / mode
         out.mkdir()
-        ranks = run_two_ranks(out, use_ddp)
+        ranks = run_two_ranks(out, mode)
         for r in ranks:
             for w_rank, w_ref in zip(r["weights"], ref["weights"]):
                 torch.testing.assert_close(w_rank, w_ref, rtol=1e-9, atol=1e-10)

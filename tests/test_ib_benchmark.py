@@ -83,14 +83,22 @@ def test_smoke_every_method_and_attack_then_resume(
     assert all(r["duration_s"] > 0 and len(r["epochs"]) == 1 for r in results["runs"])
     # the multi-objective methods record the optimizer's weights per epoch
     weights = results["mo_weights_per_epoch"]
-    assert set(weights) == {"MIB", "MIB w.o. s", "MIB w.o. aw", "VIB w. aw"}
+    assert set(weights) == {
+        "MIB",
+        "MIB w.o. s",
+        "MIB w.o. aw",
+        "VIB w. aw",
+        "MIB-l2",
+        "MIB-loss",
+        "MGDA-l2",
+    }
     w = weights["MIB"]["0"]
     assert w["weights_0"][0] + w["weights_1"][0] == pytest.approx(1.0, abs=1e-4)
     assert weights["MIB w.o. aw"]["0"]["weights_0"][0] == pytest.approx(0.5)
 
     table = (out / "table.md").read_text()
     cells = _cells(table)
-    assert list(cells) == [*rows, "Rank Avg."]
+    assert list(cells) == [*rows, "Rank Avg.", "test KL [nats]"]
     header = table.split("\n\n")[1].splitlines()[0]
     assert header == "| Attack | " + " | ".join(MAIN_METHODS) + " |"
     for row in rows:
@@ -100,7 +108,17 @@ def test_smoke_every_method_and_attack_then_resume(
             assert 0.0 <= mean <= 100.0
     assert any(c.startswith("**") for c in cells["NONE"])
     assert "Ablation" in table
-    for fig in ("info_plane.png", "curves.png", "ablation.png", "weights.png"):
+    # the gradient-normalized variants are labelled as interpretations, one block per budget
+    assert "| MIB-l2 * | MIB-loss * | MGDA-l2 * |" in table
+    for label in ("2/255", "4/255", "8/255"):
+        assert f"Accuracy (%) at eps = {label}" in table
+    assert [b["label"] for b in results["budgets"]] == ["1/255", "2/255", "4/255", "8/255"]
+    assert set(results["summary_by_eps"]["8/255"]["MIB"]) == {"NONE", "FGSM", "PGD"}
+    assert results["test_kl"]["MIB"]["estimator"] == "kl"
+    assert results["test_kl"]["NIB"]["estimator"] == "kde"
+    assert "RES18" not in results["test_kl"]
+    assert "median_weights_1" in weights["MIB"]["0"]
+    for fig in ("info_plane.png", "curves.png", "ablation.png", "weights.png", "eps.png"):
         assert (out / fig).stat().st_size > 1000
 
     # resume: the same command reuses every stored run

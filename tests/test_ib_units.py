@@ -22,7 +22,13 @@ from ibkit.losses import (
     kde_mutual_information,
     lagrangian,
 )
-from ibkit.methods import ALL_METHODS, canonical_name, get_method
+from ibkit.methods import (
+    ALL_METHODS,
+    INTERPRETATION_METHODS,
+    PAPER_METHODS,
+    canonical_name,
+    get_method,
+)
 from ibkit.models import build_model
 from ibkit.report import row_ranks, summarize, table_markdown
 
@@ -174,7 +180,9 @@ def test_build_model_rejects_bad_values() -> None:
 
 def test_method_registry() -> None:
     """Bottleneck kinds and MOWrapper options of the methods and ablations (SPEC 1, 2)."""
-    assert len(ALL_METHODS) == 9
+    assert len(ALL_METHODS) == 12 and ALL_METHODS[:9] == PAPER_METHODS
+    assert all(not get_method(m).interpretation for m in PAPER_METHODS)
+    assert all(get_method(m).interpretation for m in INTERPRETATION_METHODS)
     assert get_method("RES18").kind == "deterministic"
     assert get_method("NIB-squared").kind == "noisy" and get_method("NIB-squared").squared
     assert get_method("VIB-squared").squared and not get_method("VIB").squared

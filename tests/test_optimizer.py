@@ -114,7 +114,7 @@ def test_diagnostics() -> None:
     assert info.iterations >= 1 and not info.skipped
     d = info.as_dict()
     assert set(d) >= {"weights", "coefficients", "cosines", "iterations"}
-    assert opt.last_info is info and opt.steps == 1
+    assert opt.last_info is info and opt.steps == 0  # counts optimizer steps, not backward passes
 
 
 def test_two_objective_toy_reaches_pareto_stationary_point() -> None:

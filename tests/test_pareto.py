@@ -307,3 +307,142 @@ def test_front_from_points() -> None:
     assert f.mask.tolist() == [True, True, False]
     assert f.hypervolume == pytest.approx(3.0)
     assert f.configs == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ preference rays and angles
+
+
+def test_preference_rays_are_unit_and_evenly_spaced() -> None:
+    for n in (1, 2, 5, 9):
+        r = pareto.preference_rays(n)
+        assert r.shape == (n, 2)
+        np.testing.assert_allclose(np.linalg.norm(r, axis=1), 1.0)
+        t = np.arctan2(r[:, 1], r[:, 0])
+        np.testing.assert_allclose(t, (np.arange(n) + 0.5) * (np.pi / 2) / n)
+        assert (r > 0).all()  # interior rays: every objective weighs
+        np.testing.assert_allclose(r, r[::-1, ::-1])  # symmetric under swapping objectives
+    e = pareto.preference_rays(5, endpoints=True)
+    np.testing.assert_allclose(e[0], [1.0, 0.0], atol=1e-15)
+    np.testing.assert_allclose(e[-1], [0.0, 1.0], atol=1e-15)
+    np.testing.assert_allclose(e[2], [math.sqrt(0.5)] * 2)
+
+
+def test_ray_angles_known_values_and_conventions() -> None:
+    # EPO's convention: r1 f1 = r2 f2 is on the ray; f parallel to r is on the "direct" ray.
+    assert pareto.ray_angles([[1.0, 3.0]], [0.75, 0.25])[0] == pytest.approx(0.0, abs=1e-12)
+    assert pareto.ray_angles([[3.0, 1.0]], [0.75, 0.25], target="direct")[0] == pytest.approx(
+        0.0, abs=1e-12
+    )
+    assert pareto.ray_angles([[1.0, 0.0]], [0.5, 0.5])[0] == pytest.approx(45.0)
+    assert pareto.ray_angles([[0.0, 2.0]], [1.0, 0.0], target="direct")[0] == pytest.approx(90.0)
+    # Scale-invariant in the point and in the ray; per-point rays.
+    p = np.array([[0.3, 0.7], [2.0, 1.0], [1.0, 1.0]])
+    rays = pareto.preference_rays(3)
+    a = pareto.ray_angles(p, rays)
+    np.testing.assert_allclose(pareto.ray_angles(p * 7.0, rays * 0.1), a)
+    # Against a direct atan2 computation in 2-D.
+    d = 1.0 / rays
+    expect = np.degrees(np.abs(np.arctan2(p[:, 1], p[:, 0]) - np.arctan2(d[:, 1], d[:, 0])))
+    np.testing.assert_allclose(a, expect, atol=1e-9)
+    # Accurate near zero (no arccos cancellation).
+    tiny = pareto.ray_angles([[1.0, 1.0 + 1e-9]], [1.0, 1.0])[0]
+    assert 0.0 < tiny < 1e-6
+
+
+def _exact_ray_train(ray: np.ndarray) -> list[float]:
+    """A 'perfect' preference method: ends exactly where r1 f1 = r2 f2 on f1 + f2 = 1."""
+    d = 1.0 / np.asarray(ray)
+    return list(d / d.sum())
+
+
+def test_trace_front_along_rays_passes_rays_and_measures_angles() -> None:
+    seen: list[np.ndarray] = []
+
+    def train(ray: np.ndarray) -> list[float]:
+        seen.append(ray)
+        return _exact_ray_train(ray)
+
+    front = trace_front(train, rays=4, ref=[1.0, 1.0], progress=False)
+    assert len(seen) == 4
+    np.testing.assert_allclose(np.stack(seen), pareto.preference_rays(4))
+    np.testing.assert_allclose(front.rays, pareto.preference_rays(4))
+    assert front.ray_target == "inverse"
+    np.testing.assert_allclose(front.angles, 0.0, atol=1e-7)
+    assert front.mask.all() and front.hypervolume > 0
+    # The same points measured with the other convention are off their rays (but the middle).
+    direct = pareto.ray_angles(front.points, front.rays, target="direct")
+    assert direct[0] > 10 and direct[-1] > 10
+    # Without rays, nothing changes (the original behaviour).
+    plain = trace_front(_exact_ray_train, list(pareto.preference_rays(4)), progress=False)
+    assert plain.rays is None and plain.angles is None and plain.ray_target is None
+    np.testing.assert_allclose(plain.points, front.points)
+
+
+def test_trace_front_rays_with_configs_and_linear_scalarization_misses_rays() -> None:
+    rays = pareto.preference_rays(5)
+    configs = [{"w": float(r[0] / r.sum()), "steps": 300} for r in rays]
+
+    def linear(cfg: dict) -> list[float]:
+        x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        opt = mograd.MOWrapper(
+            torch.optim.SGD([x], lr=0.1), weights=[cfg["w"], 1.0 - cfg["w"]], power=1.0, mu=None
+        )
+        for _ in range(cfg["steps"]):
+            opt.zero_grad()
+            opt.step([(x**2).sum(), ((x - 2.0) ** 2).sum()])
+        return [float(x.detach() ** 2), float((x.detach() - 2.0) ** 2)]
+
+    front = trace_front(linear, configs, rays=rays, ref=[5.0, 5.0], progress=False)
+    assert front.configs == configs
+    # Weighted sums end at x = 2 (1 - w): on the front, but away from the rays except the
+    # middle one (closed form: f = (4 w2^2, 4 w1^2)).
+    w = rays / rays.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(front.points, 4.0 * w[:, ::-1] ** 2, atol=1e-6)
+    assert front.angles[2] == pytest.approx(0.0, abs=1e-4)
+    assert (front.angles[[0, 1, 3, 4]] > 5.0).all()
+    np.testing.assert_allclose(front.angles, front.angles[::-1], atol=1e-4)
+
+
+def test_trace_front_rays_with_negative_objectives_gives_nan_angles() -> None:
+    front = trace_front(lambda r: [r[0], r[1] - 0.6], rays=[[0.5, 0.5], [0.2, 0.8]], progress=False)
+    assert math.isnan(front.angles[0]) and not math.isnan(front.angles[1])
+
+
+def test_front_from_points_with_rays() -> None:
+    f = Front.from_points([[1.0, 3.0], [2.0, 2.0]], rays=[[0.75, 0.25], [0.5, 0.5]])
+    np.testing.assert_allclose(f.angles, 0.0, atol=1e-7)
+    g = Front.from_points([[1.0, 3.0], [2.0, 2.0]], rays=[0.5, 0.5], ray_target="direct")
+    assert g.rays.shape == (2, 2) and g.angles[1] == pytest.approx(0.0, abs=1e-7)
+
+
+RAY_BAD_INPUTS = [
+    (lambda: pareto.preference_rays(0), r"n must be an int >= 1"),
+    (lambda: pareto.preference_rays(1, endpoints=True), r"n must be an int >= 2"),
+    (lambda: pareto.preference_rays(2.5), r"n must be an int"),
+    (lambda: pareto.ray_angles([[1.0, 1.0]], [[1.0, -1.0]]), r"rays must be finite, >= 0"),
+    (lambda: pareto.ray_angles([[1.0, 1.0]], [[1.0, 0.0]]), r"needs positive rays"),
+    (lambda: pareto.ray_angles([[1.0, 1.0]], [1.0, 1.0, 1.0]), r"rays have 3 components"),
+    (lambda: pareto.ray_angles([[1.0, 1.0]] * 3, [[1.0, 1.0]] * 2), r"2 rays were given for 3"),
+    (lambda: pareto.ray_angles([[-1.0, 1.0]], [1.0, 1.0]), r"non-negative points"),
+    (lambda: pareto.ray_angles([[0.0, 0.0]], [1.0, 1.0]), r"non-negative points"),
+    (lambda: pareto.ray_angles([[1.0, 1.0]], [1.0, 1.0], target="up"), r"target must be one"),
+    (lambda: trace_front(lambda c: [1.0, 1.0]), r"needs configs or rays"),
+    (
+        lambda: trace_front(lambda c: [1.0, 1.0], [1, 2, 3], rays=2, progress=False),
+        r"configs has 3 entries but 2 rays",
+    ),
+    (
+        lambda: trace_front(lambda c: [1.0, 1.0, 1.0], rays=2, progress=False),
+        r"rays have 2 components but train_fn returned 3",
+    ),
+    (
+        lambda: trace_front(lambda c: [1.0, 1.0], rays=2, ray_target="x", progress=False),
+        r"ray_target must be one of",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "message"), RAY_BAD_INPUTS)
+def test_ray_bad_inputs_raise_clear_value_errors(call, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -45,3 +45,22 @@ def test_bad_arguments_exit_with_a_message(bad, capsys) -> None:
     with pytest.raises(SystemExit):
         step_overhead.main(bad)
     assert "error" in capsys.readouterr().err
+
+
+def test_weighting_rows_mograd_and_torchjd_in_one_run(tmp_path) -> None:
+    pytest.importorskip("torchjd")
+    pytest.importorskip("cvxpy")
+    pytest.importorskip("clarabel")
+    methods = ["mograd_upgrad", "torchjd_upgrad", "mograd_cagrad", "torchjd_cagrad"]
+    rows = step_overhead.main(
+        ["--models", "mlp", "--k", "2", "--steps", "1", "--warmup", "0", "--threads", "1",
+         "--methods", *methods, "--no-memory", "--out", str(tmp_path)]
+    )
+    for m in methods:
+        assert math.isfinite(rows[0]["ratio"][m]) and rows[0]["ratio"][m] > 0
+    assert "mograd_cagrad" in (tmp_path / "table.md").read_text()
+
+
+def test_default_output_is_the_ignored_runs_folder() -> None:
+    args = step_overhead.parse_args([])
+    assert args.out == ROOT / "runs" / "step_overhead"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import math
 import os
 import platform
 import shlex
@@ -18,13 +20,20 @@ from typing import Any
 import torch
 
 from . import attacks as atk
-from .methods import ALL_METHODS, canonical_name
+from .losses import KL_REDUCTIONS
+from .methods import ALL_METHODS, KNOWN_METHODS, canonical_name
 from .report import load_runs, run_path, weights_summary, write_json, write_report
-from .train import RunConfig, prepare_data, run
+from .train import GRAMS, RunConfig, prepare_data, run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PRESETS = ("quick", "paper")
+if str(REPO_ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from _common import default_out, reference  # noqa: E402
+
+PRESETS = ("quick", "paper", "resnet-cpu")
 _UNSET = object()  # default of the limit options, whose value None means "all"
+# The resnet-cpu preset's methods: does a ResNet-18 lose tens of points at eps = 1/255?
+RESNET_CPU_METHODS = ("RES18", "VIB", "MIB", "MIB-loss", "MIB-l2")
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,12 @@ class Preset:
 
 
 def presets(dataset: str) -> dict[str, Preset]:
-    """The ``quick`` (CPU, minutes) and ``paper`` (SPEC 3, GPU) presets of a dataset."""
+    """The presets of a dataset.
+
+    ``quick`` (CPU, minutes), ``paper`` (SPEC 3, GPU) and, for FashionMNIST, ``resnet-cpu``
+    (the paper's ResNet-18 on a few thousand images, CPU, about 15 minutes).
+    """
+    extra: dict[str, Preset] = {}
     if dataset == "fashion_mnist":
         quick = RunConfig(
             dataset=dataset,
@@ -54,6 +68,25 @@ def presets(dataset: str) -> dict[str, Preset]:
             train_limit=15000,
             test_limit=1000,
             curve_limit=200,
+            eps=(1 / 255, 2 / 255, 4 / 255, 8 / 255),
+        )
+        resnet_cpu = RunConfig(
+            dataset=dataset,
+            backbone="resnet18",
+            epochs=2,
+            train_limit=2000,
+            test_limit=500,
+            curve_limit=100,
+            curve_attacks=(),
+            attacks=("FGSM",),
+            eps=(1 / 255, 8 / 255),
+            eps_attacks=("FGSM",),
+        )
+        extra["resnet-cpu"] = Preset(
+            resnet_cpu,
+            (0,),
+            RESNET_CPU_METHODS,
+            "resnet-cpu preset: the paper's ResNet-18 on a small subset, CPU",
         )
         paper = RunConfig(dataset=dataset, backbone="resnet18", epochs=40, curve_limit=1000)
     else:
@@ -72,6 +105,7 @@ def presets(dataset: str) -> dict[str, Preset]:
         "paper": Preset(
             paper, (0, 1, 2), ALL_METHODS, "paper preset (SPEC 3): ResNet-18, full data"
         ),
+        **extra,
     }
 
 
@@ -112,6 +146,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def _eps(text: str) -> float:
+    try:
+        return atk.parse_eps(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _limit(text: str) -> int | None:
     if text.lower() in ("all", "none", "full"):
         return None
@@ -123,36 +164,54 @@ def build_parser(dataset: str, prog: str) -> argparse.ArgumentParser:
     label = {"fashion_mnist": "FashionMNIST", "cifar10": "CIFAR-10"}[dataset]
     p = presets(dataset)
     q, pp = p["quick"].config, p["paper"].config
+    paper_eps = atk.SETTINGS[dataset]
+    quick_eps = " ".join(atk.eps_label(e) for e in q.eps) or atk.eps_label(paper_eps.eps)
+    rc = p.get("resnet-cpu")
+    resnet_line = (
+        f"  resnet-cpu  ResNet-18, {rc.config.epochs} epochs, {rc.config.train_limit} training "
+        f"and {rc.config.test_limit} attacked test images, seed 0, "
+        f"{' '.join(rc.methods)} (CPU, about 15 minutes)\n"
+        if rc
+        else ""
+    )
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
             f"Information-bottleneck methods on {label} under seven adversarial attacks "
             "(the MIB paper's experiment). Trains every (method, seed), evaluates clean and "
             "adversarial accuracy and writes results.json, table.md and figures to --out. "
-            "Runs already stored in --out are not retrained."
+            "Runs already stored in --out are not retrained. Results go to runs/<name> "
+            "(git-ignored) by default; the committed reference results live in "
+            "benchmarks/results/<name> and are regenerated with --out benchmarks/results/<name>. "
+            "At the end the run's table is compared with the committed reference."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             f"presets:\n"
             f"  quick  {q.backbone} backbone, {q.epochs} epochs, {q.train_limit} training and "
-            f"{q.test_limit} test images, seeds 0 1, all methods (CPU, minutes)\n"
+            f"{q.test_limit} test images, seeds 0 1, all methods, eps {quick_eps} (CPU)\n"
             f"  paper  ResNet-18, {pp.epochs} epochs, full data, seeds 0 1 2, all methods (GPU)\n"
-            f"methods: {', '.join(ALL_METHODS)}\n"
-            f"attacks: {', '.join(atk.ATTACKS)} (eps {atk.SETTINGS[dataset].eps * 255:g}/255, "
-            f"alpha {atk.SETTINGS[dataset].alpha * 255:g}/255, "
-            f"{atk.SETTINGS[dataset].steps} steps)\n"
+            f"{resnet_line}"
+            f"methods: {', '.join(KNOWN_METHODS)}\n"
+            f"  (MIB-l2, MIB-loss, MGDA-l2, MIB-l2-orig: gradient-normalized variants, an "
+            f"interpretation the paper does not state; MIB-l2-orig is not run by default)\n"
+            f"attacks: {', '.join(atk.ATTACKS)} (paper budget eps "
+            f"{atk.eps_label(paper_eps.eps)}, alpha {atk.eps_label(paper_eps.alpha)}, "
+            f"{paper_eps.steps} steps; other budgets alpha = eps/4, {atk.EXTRA_STEPS} steps)\n"
+            f"kl-reduction invariance (docs/benchmarks.md):\n"
+            f"  {prog} --methods MIB-loss --seeds 0 --kl-reduction mean\n"
             f"beta sensitivity (paper Tables 3/4):\n"
             f"  {prog} --preset paper --beta 0.01 --methods VIB NIB VIB-squared NIB-squared"
         ),
     )
     parser.add_argument(
-        "--preset", choices=PRESETS, default="quick", help="base settings (default: quick)"
+        "--preset", choices=tuple(p), default="quick", help="base settings (default: quick)"
     )
     parser.add_argument(
         "--methods",
         nargs="+",
         metavar="M",
-        help="methods to run (default: all nine); quote names with spaces, e.g. 'MIB w.o. s'",
+        help="methods to run (default: the preset's); quote names with spaces, e.g. 'MIB w.o. s'",
     )
     parser.add_argument(
         "--seeds",
@@ -193,6 +252,32 @@ def build_parser(dataset: str, prog: str) -> argparse.ArgumentParser:
         metavar="A",
         help=f"attacks after training (default: all of {' '.join(atk.ATTACKS)})",
     )
+    parser.add_argument(
+        "--eps",
+        nargs="+",
+        type=_eps,
+        metavar="E",
+        help="attack budgets, e.g. 1/255 8/255 (quick: 1/255 2/255 4/255 8/255; paper: the "
+        "paper's); the first gets every attack, the others --eps-attacks; the paper's budget "
+        "keeps its alpha and steps, any other gets alpha = eps/4 and 10 steps",
+    )
+    parser.add_argument(
+        "--eps-attacks",
+        nargs="+",
+        metavar="A",
+        help="attacks at the budgets after the first (default: FGSM PGD)",
+    )
+    parser.add_argument(
+        "--kl-reduction",
+        choices=KL_REDUCTIONS,
+        help="KL over the K dimensions in the training loss: sum (default, the paper's form) "
+        "or mean (= sum / K, a hidden beta for VIB and raw MIB)",
+    )
+    parser.add_argument(
+        "--gram",
+        choices=GRAMS,
+        help="parameters of the min-norm problem: all (default) or encoder (the paper's eq. 7)",
+    )
     parser.add_argument("--backbone", choices=("cnn", "resnet18"), help="override the backbone")
     parser.add_argument("--batch-size", type=_positive_int, help="mini-batch size (128)")
     parser.add_argument("--lr", type=_positive_float, help="Adam learning rate (1e-3)")
@@ -220,7 +305,11 @@ def build_parser(dataset: str, prog: str) -> argparse.ArgumentParser:
             "archive (hand-made test data)",
         )
     parser.add_argument(
-        "--out", type=Path, help="output directory (default: benchmarks/results/<name>_<preset>)"
+        "--out",
+        type=Path,
+        help="output directory (default: runs/<name>, git-ignored; <name> = "
+        "<script>_<preset>[_beta<B>][_kl-mean][_gram-encoder]); "
+        "--out benchmarks/results/<name> regenerates the committed reference",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="retrain runs that are already stored in --out"
@@ -272,7 +361,16 @@ def resolve(args: argparse.Namespace, dataset: str, name: str) -> tuple[Preset, 
     preset = presets(dataset)[args.preset]
     cfg = preset.config
     changes: dict[str, Any] = {}
-    for field in ("epochs", "beta", "curve_limit", "backbone", "batch_size", "lr"):
+    for field in (
+        "epochs",
+        "beta",
+        "curve_limit",
+        "backbone",
+        "batch_size",
+        "lr",
+        "kl_reduction",
+        "gram",
+    ):
         value = getattr(args, field)
         if value is not None:
             changes[field] = value
@@ -281,6 +379,10 @@ def resolve(args: argparse.Namespace, dataset: str, name: str) -> tuple[Preset, 
             changes[field] = getattr(args, field)
     if args.attacks:
         changes["attacks"] = tuple(atk.canonical_attack(a) for a in args.attacks)
+    if args.eps:
+        changes["eps"] = tuple(dict.fromkeys(args.eps))
+    if args.eps_attacks:
+        changes["eps_attacks"] = tuple(atk.canonical_attack(a) for a in args.eps_attacks)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was given but torch.cuda.is_available() is False")
@@ -290,21 +392,94 @@ def resolve(args: argparse.Namespace, dataset: str, name: str) -> tuple[Preset, 
     cfg = replace(cfg, **changes)
     methods = tuple(dict.fromkeys(canonical_name(m) for m in (args.methods or preset.methods)))
     seeds = tuple(dict.fromkeys(args.seeds)) if args.seeds else preset.seeds
-    if args.out is not None:
-        out = args.out
-    else:
-        suffix = "" if cfg.beta == RunConfig.beta else f"_beta{cfg.beta:g}"
-        out = REPO_ROOT / "benchmarks" / "results" / f"{name}_{args.preset}{suffix}"
+    out = args.out if args.out is not None else default_out(result_name(args, cfg, name))
     return replace(preset, config=cfg, methods=methods, seeds=seeds), out
 
 
-def main(dataset: str, name: str, argv: Sequence[str] | None = None) -> int:
+def result_name(args: argparse.Namespace, cfg: RunConfig, name: str) -> str:
+    """``<script>_<preset>[_beta<B>][_kl-mean][_gram-encoder]``: the default output directory
+    under ``runs/`` and the name of the committed reference under ``benchmarks/results/``."""
+    suffix = "" if cfg.beta == RunConfig.beta else f"_beta{cfg.beta:g}"
+    if cfg.kl_reduction != RunConfig.kl_reduction:
+        suffix += f"_kl-{cfg.kl_reduction}"
+    if cfg.gram != RunConfig.gram:
+        suffix += f"_gram-{cfg.gram}"
+    return f"{name}_{args.preset}{suffix}"
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "--"
+    return f"{value:.{digits}f}"
+
+
+def compare_with_reference(out: Path, ref: Path | None) -> str:
+    """Markdown: this run's numbers next to the committed reference's, and how they differ.
+
+    Args:
+        out: This run's output directory (with ``results.json``).
+        ref: The committed reference directory, or None.
+
+    Returns:
+        Text for the console (also written to ``out/reference_comparison.md``).
+    """
+    if ref is None:
+        return "No committed reference results for this configuration (benchmarks/results)."
+    if Path(out).resolve() == Path(ref).resolve():
+        return f"This run wrote the committed reference itself ({ref})."
+    mine = json.loads((Path(out) / "results.json").read_text())
+    theirs = json.loads((Path(ref) / "results.json").read_text())
+    lines = [f"This run ({out}) next to the committed reference ({ref}):", ""]
+    cfg_a, cfg_b = mine["meta"].get("config", {}), theirs["meta"].get("config", {})
+    differ = sorted(k for k in set(cfg_a) | set(cfg_b) if cfg_a.get(k) != cfg_b.get(k))
+    if differ:
+        lines.append(
+            "Settings differ from the reference's in: "
+            + ", ".join(f"{k} ({cfg_a.get(k)!r} here, {cfg_b.get(k)!r} there)" for k in differ)
+            + "; numbers are not expected to match."
+        )
+        lines.append("")
+    sa, sb = mine["summary"], theirs["summary"]
+    ka, kb = mine.get("test_kl", {}), theirs.get("test_kl", {})
+    rows = [r for r in ("NONE", "FGSM", "PGD") if any(r in c for c in sa.values())]
+    head = " | ".join(f"{r} here / ref" for r in rows)
+    lines += [f"| method | {head} | test KL here / ref |", "|---|" + "---|" * (len(rows) + 1)]
+    worst = (0.0, "", "")
+    for m in sa:
+        cells = []
+        for r in rows:
+            a = sa[m].get(r, {}).get("mean")
+            b = sb.get(m, {}).get(r, {}).get("mean")
+            cells.append(f"{_fmt(a)} / {_fmt(b)}")
+            if a is not None and b is not None and abs(a - b) > worst[0]:
+                worst = (abs(a - b), m, r)
+        a_kl = ka.get(m, {}).get("mean")
+        b_kl = kb.get(m, {}).get("mean")
+        cells.append(f"{_fmt(a_kl, 1)} / {_fmt(b_kl, 1)}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    missing = [m for m in sb if m not in sa]
+    if missing:
+        lines += ["", "In the reference only: " + ", ".join(missing)]
+    if worst[1]:
+        lines += [
+            "",
+            f"Largest difference of a mean accuracy: {worst[0]:.2f} points ({worst[1]}, "
+            f"{worst[2]}). Same settings and thread count reproduce the numbers up to "
+            "floating-point reduction order (a few tenths of a point per cell).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(
+    dataset: str, name: str, argv: Sequence[str] | None = None, *, compare: bool = True
+) -> int:
     """Run a benchmark from the command line.
 
     Args:
         dataset: ``"fashion_mnist"`` or ``"cifar10"``.
         name: Short benchmark name (``"ib_fmnist"``), used for the default output directory.
         argv: Arguments (default: ``sys.argv[1:]``).
+        compare: At the end, compare with the committed reference results.
 
     Returns:
         Process exit status.
@@ -354,7 +529,8 @@ def main(dataset: str, name: str, argv: Sequence[str] | None = None) -> int:
         "config": cfg.fingerprint(),
         "methods": list(preset.methods),
         "seeds": list(preset.seeds),
-        "attack_settings": vars(atk.SETTINGS[dataset]),
+        "attack_settings": vars(cfg.budgets()[0]),
+        "budgets": [{"label": atk.eps_label(b.eps), **vars(b)} for b in cfg.budgets()],
         "device": cfg.device,
         "device_name": _device_name(cfg.device),
         "threads": threads,
@@ -385,5 +561,13 @@ def main(dataset: str, name: str, argv: Sequence[str] | None = None) -> int:
     print(
         f"wrote {out}/results.json, table.md"
         + ("" if args.no_figures else ", info_plane.png, curves.png, ablation.png, weights.png")
+        + (", eps.png" if len(cfg.budgets()) > 1 and not args.no_figures else "")
     )
+    if not compare:
+        return 0
+    ref = reference(result_name(args, cfg, name))
+    comparison = compare_with_reference(out, ref)
+    if ref is None or Path(out).resolve() != ref.resolve():
+        (out / "reference_comparison.md").write_text(comparison)
+    print(comparison)
     return 0

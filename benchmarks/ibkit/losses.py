@@ -9,21 +9,33 @@ import torch.nn.functional as F
 
 from .models import BottleneckStats
 
+KL_REDUCTIONS = ("sum", "mean")
 
-def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+
+def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """Batch mean of KL(N(mu, diag sigma^2) || N(0, I)).
 
-    ``KL = 1/2 sum_k (mu_k^2 + sigma_k^2 - 1 - log sigma_k^2)`` per example.
+    ``KL = 1/2 sum_k (mu_k^2 + sigma_k^2 - 1 - log sigma_k^2)`` per example (``"sum"``, the
+    paper's and Alemi et al.'s form), or the same divided by K (``"mean"`` over the K
+    dimensions). The two differ by the constant factor K: a hidden beta for VIB and for MIB on
+    raw gradients, no difference for the gradient-normalized MIB variants (docs/benchmarks.md).
 
     Args:
         mu: Means, (N, K).
         sigma: Standard deviations, (N, K), positive.
+        reduction: ``"sum"`` or ``"mean"`` over the K dimensions.
 
     Returns:
         0-d tensor, the mean over the batch.
+
+    Raises:
+        ValueError: Unknown reduction.
     """
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"unknown KL reduction {reduction!r}; expected one of {KL_REDUCTIONS}")
     var = sigma.pow(2)
-    kl = 0.5 * (mu.pow(2) + var - 1.0 - torch.log(var)).sum(dim=1)
+    terms = 0.5 * (mu.pow(2) + var - 1.0 - torch.log(var))
+    kl = terms.sum(dim=1) if reduction == "sum" else terms.mean(dim=1)
     return kl.mean()
 
 
@@ -47,10 +59,16 @@ def kde_mutual_information(h: torch.Tensor, noise_var: torch.Tensor) -> torch.Te
     return math.log(n) - lse.mean()
 
 
-def information_term(stats: BottleneckStats) -> torch.Tensor | None:
-    """L_info of a forward pass: mean KL (gaussian), I_hat (noisy) or None (deterministic)."""
+def information_term(stats: BottleneckStats, kl_reduction: str = "sum") -> torch.Tensor | None:
+    """L_info of a forward pass: KL (gaussian), I_hat (noisy) or None (deterministic).
+
+    Args:
+        stats: Output of ``IBModel.forward_stats``.
+        kl_reduction: Reduction of the KL over the K dimensions (:func:`gaussian_kl`); the
+            KDE estimate I_hat has none.
+    """
     if stats.mu is not None and stats.sigma is not None:
-        return gaussian_kl(stats.mu, stats.sigma)
+        return gaussian_kl(stats.mu, stats.sigma, kl_reduction)
     if stats.h is not None and stats.noise_var is not None:
         return kde_mutual_information(stats.h, stats.noise_var)
     return None

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The GPU check of mograd, in one command (under 10 minutes on one GPU):
+#
+#   bash benchmarks/gpu_check.sh            # results in benchmarks/results/gpu/
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#
+# 1. the CUDA tests (tests/test_cuda.py): a k = 2 step queues everything without a host
+#    synchronization (torch.cuda.set_sync_debug_mode("error")) for the default exact step,
+#    representation mode and the frugal exact step, and the frugal Gram matrix equals the
+#    default one on the GPU;
+# 2. benchmarks/step_overhead.py on ResNet-18 at k = 2 and 8 (step time and peak memory,
+#    torch.cuda.max_memory_allocated);
+# 3. benchmarks/step_memory.py on the ~20M-parameter MLP at k = 2, 4, 8.
+#
+# It installs nothing: it uses the project's own environment (.venv, made by `make venv`;
+# $PYTHON overrides). Without CUDA it prints "no CUDA: skipped" and exits 0. Each stage has
+# its own time limit; a failing stage is reported and the others still run; the exit
+# status is that of the first failure. See docs/performance.md.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+OUT="${OUT:-benchmarks/results/gpu}"
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "no CUDA: skipped (torch.cuda.is_available() is False for $PY)"
+  exit 0
+fi
+
+mkdir -p "$OUT"
+status=0
+started=$(date +%s)
+
+stage() {  # stage NAME LIMIT_SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s): $*"
+  local t0=$(date +%s)
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc in $(( $(date +%s) - t0 ))s" | tee -a "$OUT/$name.log"
+  if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
+}
+
+"$PY" - > "$OUT/environment.json" <<'EOF'
+import json, platform, torch
+print(json.dumps({
+    "python": platform.python_version(),
+    "torch": torch.__version__,
+    "cuda": torch.version.cuda,
+    "gpu": torch.cuda.get_device_name(0),
+    "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+}, indent=2))
+EOF
+
+stage test_cuda 150 "$PY" -m pytest -q -p no:xdist -p no:cacheprovider tests/test_cuda.py
+
+# Every step_overhead method whose optional dependencies are installed.
+methods=$("$PY" - <<'EOF'
+import importlib.util, sys
+sys.path.insert(0, "benchmarks")
+import step_overhead
+out = []
+for m in step_overhead.METHODS:
+    deps = ["torchjd"] if m.startswith("torchjd") else []
+    if m == "torchjd_cagrad":
+        deps += ["cvxpy", "clarabel"]
+    if all(importlib.util.find_spec(d) is not None for d in deps):
+        out.append(m)
+print(" ".join(out))
+EOF
+)
+# shellcheck disable=SC2086
+stage step_overhead 300 "$PY" benchmarks/step_overhead.py --preset paper --models resnet18 \
+  --k 2 8 --device cuda --methods $methods --out "$OUT/step_overhead"
+
+stage step_memory 180 "$PY" benchmarks/step_memory.py --device cuda --out "$OUT/step_memory"
+
+echo "GPU check done in $(( $(date +%s) - started ))s, exit $status; results in $OUT"
+exit "$status"

@@ -1,0 +1,76 @@
+"""One validation style for the options and inputs of mograd (messages name the value)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["check_int", "check_losses", "check_number", "loss_values"]
+
+
+def check_number(name: str, value: object, *, positive: bool) -> float:
+    """A finite real number (``> 0`` when ``positive``), as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def check_int(name: str, value: object, *, minimum: int) -> int:
+    """An ``int`` (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_losses(losses: object) -> list[torch.Tensor]:
+    """k >= 1 scalar tensors that require grad, on one device, returned as 0-d tensors."""
+    if isinstance(losses, torch.Tensor):
+        raise TypeError(
+            "losses must be a list of scalar tensors, got a single tensor; "
+            "wrap it as [loss] or split a vector with list(losses.unbind())"
+        )
+    if not isinstance(losses, Sequence) and not hasattr(losses, "__iter__"):
+        raise TypeError(f"losses must be a sequence of scalar tensors, got {type(losses).__name__}")
+    out = list(losses)
+    if not out:
+        raise ValueError("losses is empty: pass at least one scalar loss")
+    device = None
+    for i, loss in enumerate(out):
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"losses[{i}] is a {type(loss).__name__}, not a tensor")
+        if loss.numel() != 1 or loss.dim() > 1:
+            raise ValueError(
+                f"losses[{i}] must be a scalar, got shape {tuple(loss.shape)}; "
+                "reduce it first (e.g. .mean())"
+            )
+        if not loss.is_floating_point() and not loss.is_complex():
+            raise ValueError(f"losses[{i}] must have a floating dtype, got {loss.dtype}")
+        if not loss.requires_grad:
+            hint = (
+                " (gradients are disabled here: was it computed under torch.no_grad()?)"
+                if not torch.is_grad_enabled()
+                else ": it is not connected to any parameter"
+            )
+            raise ValueError(f"losses[{i}] does not require grad{hint}")
+        if device is None:
+            device = loss.device
+        elif loss.device != device:
+            raise ValueError(
+                f"losses are on different devices: losses[0] on {device}, "
+                f"losses[{i}] on {loss.device}"
+            )
+    return [loss if loss.dim() == 0 else loss.reshape(()) for loss in out]
+
+
+def loss_values(losses: list[torch.Tensor]) -> torch.Tensor:
+    """Detached loss values in at least float32 (fp16/bf16 losses are promoted, so that
+    the values of mixed-precision losses are neither rounded nor overflowed)."""
+    dtype = torch.float32
+    for loss in losses:
+        dtype = torch.promote_types(dtype, loss.dtype)
+    return torch.stack([loss.detach().to(dtype) for loss in losses])

@@ -1,0 +1,155 @@
+"""From the Gram matrix to the per-loss coefficients: normalization, weighting, MIB.
+
+:func:`combine` is the whole pure part of a mograd step, in order:
+
+1. normalizers ``n_i`` (not in the paper; the MGDA reference code and LibMTL have them):
+   ``1`` (``"none"``), ``|g_i|`` (``"l2"``), ``|L_i|`` (``"loss"``), ``|L_i| |g_i|``
+   (``"loss+"``), with ``|g_i| = sqrt(G_ii)``; a zero normalizer counts as 1;
+2. the weights ``w`` of any :class:`~mograd.weightings.Weighting` on the normalized Gram
+   matrix ``G~_ij = G_ij / (n_i n_j)`` (paper eq. 8 for ``MinNorm``);
+3. MIB's nonlinear reweighting ``w~ = w ** p`` (paper eq. 12);
+4. MIB's Smooth-IB coefficients ``c = w~ (1 + softmax(w~ L~ / mu))`` with ``L~ = L / n``
+   (paper eqs. 13-14; ``c = w~`` without smoothing);
+5. the coefficients on the raw per-loss gradients: ``c / n`` (LibMTL convention, the update
+   is ``sum_i c_i g_i / n_i``) or ``c`` (the original MGDA code's convention: the weights of
+   the normalized problem applied to the raw gradients).
+
+See ``docs/derivation.md`` for the derivation of step 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import torch
+
+from ..weighting import reweight, smooth_coefficients
+from ._base import Weighting, check_gram
+from ._min_norm import MinNorm
+
+__all__ = ["NORMALIZATIONS", "Combination", "Normalization", "combine", "normalizers"]
+
+Normalization = Literal["none", "l2", "loss", "loss+"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
+
+WeightFn = Weighting | Callable[[torch.Tensor], torch.Tensor]
+
+
+class Combination(NamedTuple):
+    """What :func:`combine` computed, every tensor of shape ``(k,)``.
+
+    Attributes:
+        weights: ``w`` from the weighting, on the normalized problem.
+        reweighted: ``w~ = w ** power``.
+        coefficients: ``c``: the combined gradient is ``sum_i c_i g_i`` on the raw
+            per-loss gradients ``g_i``.
+        normalizers: ``n`` (all ones for ``"none"``).
+        iterations: Solver iterations (``MinNorm`` only; otherwise 0).
+    """
+
+    weights: torch.Tensor
+    reweighted: torch.Tensor
+    coefficients: torch.Tensor
+    normalizers: torch.Tensor
+    iterations: int
+
+
+def normalizers(gram: torch.Tensor, losses: torch.Tensor, mode: str) -> torch.Tensor:
+    """Gradient normalizers ``n`` (tensor operations only, no host synchronization).
+
+    Args:
+        gram: The ``(k, k)`` Gram matrix of the raw gradients.
+        losses: The ``(k,)`` loss values.
+        mode: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
+
+    Returns:
+        ``n`` of shape ``(k,)`` in ``gram``'s dtype; zeros are replaced by 1 so that a zero
+        gradient or a zero loss stays zero instead of turning into NaN.
+
+    Example:
+        >>> import torch
+        >>> from mograd.weightings import normalizers
+        >>> normalizers(torch.diag(torch.tensor([9.0, 4.0])), torch.tensor([2.0, 0.5]), "loss+")
+        tensor([6., 1.])
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+    k = gram.shape[0]
+    if mode == "none":
+        return torch.ones(k, dtype=gram.dtype, device=gram.device)
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    loss_abs = losses.to(gram.dtype).abs()
+    n = {"l2": norms, "loss": loss_abs, "loss+": norms * loss_abs}[mode]
+    return torch.where(n > 0, n, torch.ones_like(n))
+
+
+def _solve(
+    weighting: WeightFn, gram: torch.Tensor, losses: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    k = gram.shape[0]
+    if isinstance(weighting, MinNorm):
+        if MinNorm.syncs(k) and not bool(torch.isfinite(gram).all()):
+            # Leave non-finite input to the optimizer's policy instead of raising here.
+            return torch.full((k,), float("nan"), dtype=gram.dtype, device=gram.device), 0
+        res = weighting.solve(gram)
+        return res.weights, res.iterations
+    if isinstance(weighting, Weighting):
+        if weighting.host_sync and not bool(torch.isfinite(gram).all()):
+            return torch.full((k,), float("nan"), dtype=gram.dtype, device=gram.device), 0
+        return weighting(gram, losses), 0
+    w = weighting(gram)
+    if not isinstance(w, torch.Tensor) or tuple(w.shape) != (k,):
+        got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"the weights callable must return a tensor of shape ({k},), got {got}")
+    return w.to(device=gram.device, dtype=gram.dtype), 0
+
+
+def combine(
+    gram: torch.Tensor,
+    losses: torch.Tensor,
+    weighting: WeightFn,
+    *,
+    power: float = 1.0,
+    mu: float | None = None,
+    normalize: str = "none",
+    normalized_update: bool = True,
+) -> Combination:
+    """Per-loss coefficients from the Gram matrix and the loss values (the pure step).
+
+    Args:
+        gram: ``(k, k)`` Gram matrix of the raw per-loss gradients.
+        losses: ``(k,)`` loss values (detached).
+        weighting: A :class:`~mograd.weightings.Weighting`, or any callable
+            ``gram -> weights`` used as is.
+        power: Reweighting exponent ``p > 0`` (paper eq. 12; 1.0 = none, 2.0 = MIB).
+        mu: Smooth-IB temperature (paper eq. 13; 0.2 = MIB), or ``None`` for none.
+        normalize: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
+        normalized_update: ``True`` (LibMTL): coefficients ``c / n`` on the raw gradients,
+            i.e. the update is built from the normalized gradients. ``False`` (original MGDA
+            code): ``c`` on the raw gradients.
+
+    Returns:
+        A :class:`Combination`.
+
+    Example:
+        >>> import torch
+        >>> from mograd.weightings import MinNorm, combine
+        >>> G = torch.tensor([[1.0, 0.0], [0.0, 4.0]])
+        >>> combine(G, torch.tensor([1.0, 1.0]), MinNorm(), normalize="l2").coefficients
+        tensor([0.5000, 0.2500])
+    """
+    check_gram(gram, losses)
+    if normalize == "none":
+        # Bit-identical to an unnormalized step: no division at all.
+        n = torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        w, iters = _solve(weighting, gram, losses)
+        w_tilde = reweight(w, power)
+        return Combination(w, w_tilde, smooth_coefficients(w_tilde, losses, mu), n, iters)
+    n = normalizers(gram, losses, normalize)
+    gram_n = gram / (n[:, None] * n[None, :])
+    losses_n = losses.to(gram.dtype) / n
+    w, iters = _solve(weighting, gram_n, losses_n)
+    w_tilde = reweight(w, power)
+    c = smooth_coefficients(w_tilde, losses_n, mu)
+    return Combination(w, w_tilde, c / n if normalized_update else c, n, iters)

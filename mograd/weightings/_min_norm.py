@@ -1,0 +1,59 @@
+"""MinNorm: the min-norm point of the convex hull of the gradients (MGDA, MIB eq. 8).
+
+Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018; the
+paper's eqs. 8-11. ``w* = argmin_{w in simplex} w^T G w``, solved by :mod:`mograd.solver`
+(closed form for k = 2, fully-corrective Frank-Wolfe for k >= 3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..solver import DEFAULT_MAX_ITER, DEFAULT_TOL, MinNormResult, min_norm_solve
+from ._base import Weighting
+
+__all__ = ["MinNorm"]
+
+
+class MinNorm(Weighting):
+    """Min-norm weights on the simplex (MGDA; the weights of MIB, paper eq. 8).
+
+    Args:
+        max_iter: Frank-Wolfe iteration cap (k >= 3).
+        tol: Duality-gap tolerance relative to ``max_i G_ii`` (k >= 3).
+
+    Example:
+        >>> import torch
+        >>> from mograd.weightings import MinNorm
+        >>> MinNorm()(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+        tensor([0.8000, 0.2000])
+    """
+
+    host_sync = True  # k >= 3 only; k <= 2 is tensor operations (see ``syncs``)
+
+    def __init__(self, max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL) -> None:
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+        if (
+            isinstance(tol, bool)
+            or not isinstance(tol, (int, float))
+            or not (float(tol) >= 0 and float(tol) < float("inf"))
+        ):
+            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+        self.max_iter = max_iter
+        self.tol = float(tol)
+
+    @staticmethod
+    def syncs(k: int) -> bool:
+        """Whether the solve for ``k`` losses reads the device (only Frank-Wolfe, k >= 3)."""
+        return k >= 3
+
+    def solve(self, gram: torch.Tensor) -> MinNormResult:
+        """The weights with the solver's iteration count and duality gap."""
+        return min_norm_solve(gram, max_iter=self.max_iter, tol=self.tol, validate=False)
+
+    def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
+        return self.solve(gram).weights
+
+    def __repr__(self) -> str:
+        return f"MinNorm(max_iter={self.max_iter}, tol={self.tol:g})"

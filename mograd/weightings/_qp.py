@@ -1,0 +1,171 @@
+"""A small exact quadratic-program solver for k x k problems (numpy float64, host).
+
+Solves ``min_x 1/2 x^T Q x + c^T x`` subject to ``x >= lower`` and, optionally,
+``sum(x) = 1``, with ``Q`` symmetric positive definite, by the primal active-set method
+(Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 16.3). Each iteration solves
+one equality-constrained problem on the free variables (a linear system of size at most
+``k + 1``); the method terminates after finitely many iterations with the exact optimum up to
+rounding, unlike first-order methods. The callers normalize the Gram matrix by its trace and
+add a ridge of :data:`RIDGE` (relative to that trace), which keeps ``Q`` positive definite on
+rank-deficient Gram matrices (linearly dependent gradients) and changes the objective by at
+most ``RIDGE * |x|^2``.
+
+Used by :class:`~mograd.weightings.UPGrad` and :class:`~mograd.weightings.DualProj`
+(projection onto the dual cone, ``min v^T G v`` s.t. ``v >= u``; tried first with the faster
+primal-dual active-set method, whose answer is kept only when it passes the KKT check) and
+:class:`~mograd.weightings.CAGrad` (a sequence of QPs on the simplex).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["RIDGE", "normalized", "project_dual_cone", "solve_qp"]
+
+#: Ridge added to the trace-normalized Gram matrix inside the QPs (see the module docstring).
+RIDGE = 1e-12
+
+
+def normalized(g: np.ndarray) -> tuple[np.ndarray, float]:
+    """``G / trace(G)`` and the trace (``(zeros, 0.0)`` for a zero matrix)."""
+    tr = float(np.trace(g))
+    if not tr > 0:
+        return np.zeros_like(g), 0.0
+    return g / tr, tr
+
+
+def solve_qp(
+    Q: np.ndarray,
+    c: np.ndarray,
+    lower: np.ndarray,
+    *,
+    simplex: bool = False,
+    x0: np.ndarray | None = None,
+    max_iter: int | None = None,
+) -> np.ndarray:
+    """Exact solution of ``min 1/2 x^T Q x + c^T x`` s.t. ``x >= lower`` (and ``sum x = 1``).
+
+    Args:
+        Q: Symmetric positive definite ``(k, k)`` matrix.
+        c: Linear term, shape ``(k,)``.
+        lower: Lower bounds, shape ``(k,)``; with ``simplex`` they must be zeros.
+        simplex: Add the constraint ``sum(x) = 1``.
+        x0: A feasible starting point (a warm start); default ``lower`` (box) or the
+            uniform point (simplex).
+        max_iter: Iteration cap (default ``20 k + 50``; reached only through rounding
+            cycles, in which case the last feasible iterate is returned).
+
+    Returns:
+        The minimizer, shape ``(k,)``, float64, feasible.
+    """
+    k = c.shape[0]
+    if x0 is None:
+        x = np.full(k, 1.0 / k) if simplex else lower.astype(np.float64).copy()
+    else:
+        x = np.maximum(x0.astype(np.float64), lower)
+        if simplex:
+            s = x.sum()
+            x = x / s if s > 0 else np.full(k, 1.0 / k)
+    active = x <= lower
+    if simplex and active.all():
+        active[:] = False
+    if max_iter is None:
+        max_iter = 20 * k + 50
+    scale = 1.0 + float(np.max(np.abs(c))) + float(np.max(np.abs(np.diag(Q))))
+    tol = 1e-13 * scale
+    for _ in range(max_iter):
+        grad = Q @ x + c
+        free = np.flatnonzero(~active)
+        nu = 0.0
+        if free.size == 0:
+            p_free = np.zeros(0)
+        elif simplex:
+            n = free.size
+            kkt = np.zeros((n + 1, n + 1))
+            kkt[:n, :n] = Q[np.ix_(free, free)]
+            kkt[:n, n] = 1.0
+            kkt[n, :n] = 1.0
+            rhs = np.concatenate([-grad[free], [0.0]])
+            sol = np.linalg.solve(kkt, rhs)
+            p_free = sol[:n]
+            # stationarity on the free set: Q_FF p + grad_F + nu' 1 = 0, multiplier -nu'
+            nu = -sol[n]
+        else:
+            p_free = np.linalg.solve(Q[np.ix_(free, free)], -grad[free])
+        # The step is zero on this face when it is tiny or, on an ill-conditioned Q, when
+        # its decrease of the objective (p^T Q p / 2 at a full step) is at rounding level.
+        stalled = p_free.size == 0 or np.max(np.abs(p_free)) <= 1e-14 * (1.0 + np.max(np.abs(x)))
+        if not stalled:
+            qff = Q[np.ix_(free, free)]
+            f_scale = 0.5 * abs(float(x @ Q @ x)) + abs(float(c @ x)) + 1e-300
+            stalled = 0.5 * float(p_free @ qff @ p_free) <= 1e-15 * f_scale
+        if stalled:
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                return x
+            lam = grad[idx] - nu
+            j = int(np.argmin(lam))
+            if lam[j] >= -tol:
+                return x
+            active[idx[j]] = False
+            continue
+        step, block = 1.0, -1
+        for pos, i in enumerate(free):
+            if p_free[pos] < 0:
+                a = (lower[i] - x[i]) / p_free[pos]
+                if a < step:
+                    step, block = a, int(i)
+        x[free] += step * p_free
+        if block >= 0:
+            x[block] = lower[block]
+            active[block] = True
+        np.maximum(x, lower, out=x)
+    return x
+
+
+def project_dual_cone(gn: np.ndarray, u: np.ndarray, reg: float = 0.0) -> np.ndarray:
+    """Weights ``v`` with ``J^T v`` the projection of ``J^T u`` onto the dual cone of the rows.
+
+    Solves ``min_v v^T G v`` s.t. ``v >= u`` (Quinton & Rey 2024, Proposition 1), exactly up
+    to the ridge :data:`RIDGE` plus ``reg`` on the diagonal of the trace-normalized ``gn``.
+    """
+    k = u.shape[0]
+    Q = gn + (RIDGE + reg) * np.eye(k)
+    v = _primal_dual_active_set(Q, u)
+    if v is not None:
+        return v
+    return solve_qp(Q, np.zeros(k), u)
+
+
+def _primal_dual_active_set(Q: np.ndarray, u: np.ndarray, max_iter: int = 12) -> np.ndarray | None:
+    """Fast path of :func:`project_dual_cone`: the primal-dual active-set method.
+
+    With ``x = v - u >= 0`` and ``lam = Q v`` the KKT conditions are ``x >= 0``,
+    ``lam >= 0``, ``x_i lam_i = 0``. Each iteration guesses the active set
+    ``{i : lam_i > x_i}`` (Hintermueller, Ito & Kunisch 2002), fixes ``x = 0`` there and
+    solves for the free variables; it usually stops after two or three linear solves.
+    The result is returned only if it satisfies the KKT conditions to rounding level
+    (then it is the same exact minimizer the primal active-set method finds); otherwise
+    ``None``, and the caller falls back to :func:`solve_qp`.
+    """
+    k = u.shape[0]
+    x = np.zeros(k)
+    lam = Q @ u
+    active = lam > x
+    tol = 1e-12 * (1.0 + float(np.max(np.abs(lam))))
+    for _ in range(max_iter):
+        free = ~active
+        x = np.zeros(k)
+        if free.any():
+            qf = Q[free][:, free]
+            x[free] = np.linalg.solve(qf, -(Q[free] @ u))
+        v = u + x
+        lam = Q @ v
+        lam[free] = 0.0
+        new_active = lam > x
+        if np.array_equal(new_active, active):
+            if x.min() >= -tol and (Q @ v)[active].min(initial=0.0) >= -tol:
+                return np.maximum(v, u)
+            return None
+        active = new_active
+    return None

@@ -1,0 +1,69 @@
+"""Random loss weighting: a softmax of standard normal draws at every step.
+
+Lin et al., "Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task
+Learning", TMLR 2022 (arXiv:2111.10603), random loss weighting (RLW, Algorithm 2 in the
+arXiv version). See ``docs/weightings.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._base import Weighting
+from ._util import check_seed, generator_state, load_generator_state
+
+__all__ = ["Random"]
+
+
+class Random(Weighting):
+    r"""Random loss weighting (RLW; Lin et al. 2022).
+
+    At every step ``w = softmax(z)`` with ``z ~ N(0, I_k)``, whatever the Gram matrix. The
+    draws come from a CPU :class:`torch.Generator` seeded with ``seed``, in float64
+    (``torch.randn(k, dtype=torch.float64)``), so that they are the same on every device and
+    every rank; :meth:`state_dict` holds the generator state so that a resumed run draws
+    the same weights.
+
+    When to use it: the litmus-test baseline of multi-task learning; any other weighting
+    should beat it.
+
+    Host round trip: no. The weights are drawn on the host and copied to the device
+    without waiting for it (from pinned memory on CUDA).
+
+    Args:
+        seed: Seed of the draws (an int in ``[0, 2**63)``).
+
+    Example:
+        >>> import torch
+        >>> from mograd.weightings import Random
+        >>> w = Random(seed=0)(torch.eye(3))
+        >>> bool(torch.isclose(w.sum(), torch.tensor(1.0))), bool((w > 0).all())
+        (True, True)
+    """
+
+    host_sync = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = check_seed(seed)
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(self.seed)
+
+    def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
+        z = torch.randn(gram.shape[0], generator=self.generator, dtype=torch.float64)
+        w = torch.softmax(z, dim=0)
+        if gram.device.type == "cuda":
+            w = w.pin_memory().to(device=gram.device, non_blocking=True)
+        return w.to(device=gram.device, dtype=gram.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state (the next draws)."""
+        return generator_state(self.generator)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the generator state of :meth:`state_dict`."""
+        load_generator_state("Random", self.generator, state)
+
+    def __repr__(self) -> str:
+        return f"Random(seed={self.seed})"
