@@ -2,7 +2,7 @@
 
 Examples:
     python benchmarks/ib_cifar10.py --preset quick --data-dir ~/data      # CPU
-    python benchmarks/ib_cifar10.py --preset paper --device cuda          # SPEC 3: 150 epochs
+    python benchmarks/ib_cifar10.py --preset paper --device cuda          # paper: 150 epochs
     python benchmarks/ib_cifar10.py --preset paper --beta 0.01 \\
         --methods VIB NIB VIB-squared NIB-squared                          # paper Table 4
 

@@ -11,6 +11,12 @@ Methods:
     adam            plain Adam on the sum of the losses (the baseline, ratio 1.00)
     mograd          MOWrapper(Adam), exact per-loss gradients (the paper's method)
     mograd_repr     MOWrapper(Adam) in representation mode (features=z, MGDA-UB)
+    mograd_repr_nocheck  the same with nonfinite="ignore" (no finiteness check, no host read)
+    mograd_frugal   MOWrapper(Adam, jacobian="gramian", modules=model): exact, no k x P buffer
+    floor_exact     the exact step written by hand: k autograd.grad into one J buffer,
+                    G = J J^T, min-norm weights, MIB coefficients, .grad = c J, Adam
+    floor_repr      representation mode written by hand: k autograd.grad on the features,
+                    G, closed form, MIB coefficients, one backward of sum_i c_i L_i, Adam
     mograd_upgrad   MOWrapper(Adam, weights=UPGrad()) (exact per-loss gradients)
     mograd_cagrad   MOWrapper(Adam, weights=CAGrad()) (c = 0.5)
     torchjd_mgda    TorchJD autojac.backward + jac_to_grad(MGDA()) + Adam
@@ -67,6 +73,10 @@ METHODS = (
     "adam",
     "mograd",
     "mograd_repr",
+    "mograd_repr_nocheck",
+    "mograd_frugal",
+    "floor_exact",
+    "floor_repr",
     "mograd_upgrad",
     "mograd_cagrad",
     "torchjd_mgda",
@@ -177,9 +187,50 @@ def make_stepper(method: str, model: nn.Module, task: Task) -> Callable[[], None
             adam.step()
 
         return step
-    if method in ("mograd", "mograd_repr"):
-        opt = mograd.MOWrapper(adam)
-        use_features = method == "mograd_repr"
+    if method in ("floor_exact", "floor_repr"):
+        from mograd.solver import min_norm_solve
+        from mograd.weighting import reweight, smooth_coefficients
+
+        def coefficients(rows: list[torch.Tensor], losses: list[torch.Tensor]) -> torch.Tensor:
+            jac = torch.stack(rows)
+            w = min_norm_solve(jac @ jac.T, validate=False).weights
+            values = torch.stack([loss.detach() for loss in losses])
+            return smooth_coefficients(reweight(w, 2.0), values, 0.2)
+
+        def step() -> None:
+            losses, feats = task.forward(model)
+            adam.zero_grad()
+            inputs = feats if method == "floor_repr" else params
+            numels = [t.numel() for t in inputs]
+            jac = torch.empty(len(losses), sum(numels), device=inputs[0].device)
+            for i, loss in enumerate(losses):
+                keep = method == "floor_repr" or i < len(losses) - 1
+                gs = torch.autograd.grad(loss, inputs, retain_graph=keep, allow_unused=True)
+                offset = 0
+                for g, n in zip(gs, numels):
+                    seg = jac[i, offset : offset + n]
+                    seg.zero_() if g is None else seg.copy_(g.reshape(-1))
+                    offset += n
+            c = coefficients(list(jac), losses)
+            if method == "floor_repr":
+                (c * torch.stack(losses)).sum().backward()
+            else:
+                flat = c @ jac
+                offset = 0
+                for p in params:
+                    p.grad = flat[offset : offset + p.numel()].view_as(p)
+                    offset += p.numel()
+            adam.step()
+
+        return step
+    if method in ("mograd", "mograd_repr", "mograd_repr_nocheck", "mograd_frugal"):
+        if method == "mograd_frugal":
+            opt = mograd.MOWrapper(adam, jacobian="gramian", modules=model)
+        elif method == "mograd_repr_nocheck":
+            opt = mograd.MOWrapper(adam, nonfinite="ignore")
+        else:
+            opt = mograd.MOWrapper(adam)
+        use_features = method in ("mograd_repr", "mograd_repr_nocheck")
 
         def step() -> None:
             losses, feats = task.forward(model)

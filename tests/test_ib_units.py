@@ -179,7 +179,7 @@ def test_build_model_rejects_bad_values() -> None:
 
 
 def test_method_registry() -> None:
-    """Bottleneck kinds and MOWrapper options of the methods and ablations (SPEC 1, 2)."""
+    """Bottleneck kinds and MOWrapper options of the methods and ablations."""
     assert len(ALL_METHODS) == 12 and ALL_METHODS[:9] == PAPER_METHODS
     assert all(not get_method(m).interpretation for m in PAPER_METHODS)
     assert all(get_method(m).interpretation for m in INTERPRETATION_METHODS)

@@ -41,7 +41,7 @@ def losses_of(model: TwoHead, x: torch.Tensor, k: int = 2) -> list[torch.Tensor]
 
 
 def hand_combined(model: TwoHead, x: torch.Tensor, k: int, power=2.0, mu=0.2, shared=None):
-    """The step of SPEC 1 computed by hand, loss by loss."""
+    """The step (paper eqs. 8-14) computed by hand, loss by loss."""
     params = [p for p in model.parameters()]
     losses = losses_of(model, x, k)
     grads = []

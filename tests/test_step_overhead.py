@@ -64,3 +64,19 @@ def test_weighting_rows_mograd_and_torchjd_in_one_run(tmp_path) -> None:
 def test_default_output_is_the_ignored_runs_folder() -> None:
     args = step_overhead.parse_args([])
     assert args.out == ROOT / "runs" / "step_overhead"
+
+
+@pytest.mark.parametrize(("floor", "method"), [("floor_exact", "mograd"), ("floor_repr", "mograd_repr"),
+                                                ("floor_exact", "mograd_frugal"), ("floor_repr", "mograd_repr_nocheck")])
+def test_hand_written_floors_compute_the_same_step(floor, method) -> None:
+    """The floor rows time the same computation as mograd's, written by hand."""
+    import torch
+
+    device = torch.device("cpu")
+    params = []
+    for m in (floor, method):
+        task = step_overhead.build_task("mlp", 2, device)
+        step_overhead.make_stepper(m, task.model, task)()
+        params.append([p.detach().clone() for p in task.model.parameters()])
+    for a, b in zip(*params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

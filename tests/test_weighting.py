@@ -49,7 +49,7 @@ def test_coefficients_equal_autograd_of_eq13(data, mu: float) -> None:
 
 
 def test_eq13_equals_logsumexp_form() -> None:
-    """SPEC 1.5: eq. 13 = sum x + mu * logsumexp(x / mu)."""
+    """Paper eq. 13 = sum x + mu * logsumexp(x / mu)."""
     w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
     losses = torch.tensor([3.0, -1.0, 0.5], dtype=torch.float64)
     x = w * losses

@@ -3,10 +3,10 @@
 One module per concern:
 
 * :mod:`ibkit.data`     -- FashionMNIST / CIFAR-10 through torchvision's dataset classes.
-* :mod:`ibkit.models`   -- small CNN and ResNet-18 backbones, the bottleneck heads (SPEC 2).
+* :mod:`ibkit.models`   -- small CNN and ResNet-18 backbones, the bottleneck heads.
 * :mod:`ibkit.losses`   -- KL term, KDE estimate I_hat, information-plane coordinates.
 * :mod:`ibkit.methods`  -- the method registry (RES18, VIB, NIB, ..., MIB and its ablations).
-* :mod:`ibkit.attacks`  -- the seven torchattacks attacks and their settings (SPEC 3).
+* :mod:`ibkit.attacks`  -- the seven torchattacks attacks and their settings.
 * :mod:`ibkit.train`    -- ``run(method, seed, config) -> dict``: train, evaluate, attack.
 * :mod:`ibkit.report`   -- ``results.json``, ``table.md`` and the figures.
 * :mod:`ibkit.cli`      -- the command line shared by both entry points.

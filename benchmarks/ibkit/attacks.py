@@ -1,4 +1,4 @@
-"""The seven torchattacks attacks of the paper and their settings (SPEC 3).
+"""The seven torchattacks attacks of the paper and their settings (the paper's Section 5).
 
 Inputs are in [0, 1] and the model normalises internally, so torchattacks' own
 normalization support is not used. Attacks run with the model in eval mode, i.e. against the
@@ -49,7 +49,7 @@ EXTRA_STEPS = 10
 def budget(dataset: str, eps: float) -> AttackSettings:
     """The attack settings of one budget.
 
-    The paper's budget of ``dataset`` keeps the paper's alpha and steps (SPEC 3); any other
+    The paper's budget of ``dataset`` keeps the paper's alpha and steps; any other
     ``eps`` gets ``alpha = eps / 4`` and 10 steps.
 
     Args:

@@ -56,7 +56,7 @@ class Preset:
 def presets(dataset: str) -> dict[str, Preset]:
     """The presets of a dataset.
 
-    ``quick`` (CPU, minutes), ``paper`` (SPEC 3, GPU) and, for FashionMNIST, ``resnet-cpu``
+    ``quick`` (CPU, minutes), ``paper`` (the paper's, GPU) and, for FashionMNIST, ``resnet-cpu``
     (the paper's ResNet-18 on a few thousand images, CPU, about 15 minutes).
     """
     extra: dict[str, Preset] = {}
@@ -103,7 +103,7 @@ def presets(dataset: str) -> dict[str, Preset]:
     return {
         "quick": Preset(quick, (0, 1), ALL_METHODS, "quick preset: small CNN, reduced data, CPU"),
         "paper": Preset(
-            paper, (0, 1, 2), ALL_METHODS, "paper preset (SPEC 3): ResNet-18, full data"
+            paper, (0, 1, 2), ALL_METHODS, "paper preset: ResNet-18, full data"
         ),
         **extra,
     }

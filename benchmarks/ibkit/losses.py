@@ -1,4 +1,4 @@
-"""The IB loss terms of SPEC 2 (all in nats), one function per equation."""
+"""The IB loss terms of the paper (Section 3), one function per equation, all in nats."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def prediction_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def info_plane_point(
     info: float, cross_entropy: float, num_classes: int = 10
 ) -> tuple[float, float]:
-    """Information-plane coordinates (SPEC 2).
+    """Information-plane coordinates.
 
     Args:
         info: Mean KL (VIB family) or I_hat (NIB family): the I(X;Z) upper bound.

@@ -1,4 +1,4 @@
-"""The method registry: which bottleneck, which loss, which optimizer (SPEC 1 and 2).
+"""The method registry: which bottleneck, which loss, which optimizer.
 
 =============  =============  ==========  ===============================================
 name           bottleneck     L_info      optimisation

@@ -1,4 +1,4 @@
-"""Backbones and bottleneck heads (SPEC 2 and 3).
+"""Backbones and bottleneck heads.
 
 A model is ``normalize -> backbone -> encoder MLP -> bottleneck -> linear decoder``:
 

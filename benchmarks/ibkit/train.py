@@ -1,6 +1,6 @@
 """Training and evaluation of one (method, seed): :func:`run`.
 
-Per epoch it records the training losses (the information-plane point of SPEC 2), clean train
+Per epoch it records the training losses (the information-plane point), clean train
 and test accuracy on fixed subsets (generalization gap), a cheap adversarial check (FGSM and PGD
 on a small test subset) and, for the multi-objective methods, the per-epoch means of the
 optimizer's diagnostics (epoch means, and per-step medians of ``w*_info``, ``c_info / c_pred``
@@ -233,7 +233,7 @@ def evaluate_information(
     """The information term on ``data`` with the model in eval mode.
 
     Gaussian encoder: KL(p(z|x) || N(0, I)) summed over the K dimensions, averaged over the
-    examples (SPEC 2, whatever the training reduction). Noisy layer: the KDE estimate I_hat on
+    examples (whatever the training reduction). Noisy layer: the KDE estimate I_hat on
     consecutive chunks of ``batch_size`` examples (it depends on the batch size, as in
     training), averaged. Deterministic: None.
 

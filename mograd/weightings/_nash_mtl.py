@@ -100,7 +100,7 @@ class NashMTL(Weighting):
         x = prev.copy() if prev is not None and prev.shape[0] == k else np.ones(k)
         x = _newton(h, x, self.max_iter)
         self._alpha = x
-        alpha = x / np.sqrt(fro)
+        alpha: np.ndarray = x / np.sqrt(fro)
         if self.max_norm > 0:
             norm = float(np.sqrt(max(float(alpha @ g @ alpha), 0.0)))
             if norm > self.max_norm:

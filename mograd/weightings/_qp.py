@@ -165,7 +165,8 @@ def _primal_dual_active_set(Q: np.ndarray, u: np.ndarray, max_iter: int = 12) ->
         new_active = lam > x
         if np.array_equal(new_active, active):
             if x.min() >= -tol and (Q @ v)[active].min(initial=0.0) >= -tol:
-                return np.maximum(v, u)
+                out: np.ndarray = np.maximum(v, u)
+                return out
             return None
         active = new_active
     return None

@@ -107,7 +107,8 @@ def to_host(gram: torch.Tensor) -> np.ndarray | None:
     g = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
     if not np.all(np.isfinite(g)):
         return None
-    return 0.5 * (g + g.T)
+    sym: np.ndarray = 0.5 * (g + g.T)
+    return sym
 
 
 def from_host(w: np.ndarray, like: torch.Tensor) -> torch.Tensor:
