@@ -28,7 +28,7 @@ data:
 	  fi; \
 	fi
 
-# The main job: the paper's FashionMNIST experiment, quick preset (about 15 min on 2 CPU cores).
+# The main job: the paper's FashionMNIST experiment, quick preset (24 runs; see docs/benchmarks.md for its time).
 demo: venv data
 	$(BIN)/python benchmarks/ib_fmnist.py --preset quick
 
