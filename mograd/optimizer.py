@@ -161,6 +161,21 @@ def _diagnostics(gram_matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return norms, gram_matrix / denom
 
 
+def _step_info(comb: Combination, values: torch.Tensor, gram_matrix: torch.Tensor) -> StepInfo:
+    """The step's diagnostics from its combination and the (unscaled) Gram matrix."""
+    norms, cosines = _diagnostics(gram_matrix)
+    return StepInfo(
+        comb.weights,
+        comb.reweighted,
+        comb.coefficients,
+        values,
+        norms,
+        cosines,
+        comb.iterations,
+        normalizers=comb.normalizers,
+    )
+
+
 def _resolve(
     weights: object, max_iter: int, tol: float
 ) -> tuple[Weighting | Callable[[torch.Tensor], torch.Tensor], bool]:
@@ -796,17 +811,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
                             policy, values, "non-finite coefficients (check the loss scale)"
                         )
         g_user = g if unscale is None else g / unscale
-        norms, cosines = _diagnostics(g_user)
-        info = StepInfo(
-            comb.weights,
-            comb.reweighted,
-            comb.coefficients,
-            values,
-            norms,
-            cosines,
-            comb.iterations,
-            normalizers=comb.normalizers,
-        )
+        info = _step_info(comb, values, g_user)
         if skip:
             return self._record(info, skipped=True)
         coeffs = comb.coefficients.to(jac.dtype)
@@ -849,17 +854,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         unscale = None if scale is None else scale.to(g.dtype) ** 2
         g_user = g if unscale is None else g / unscale
         comb = self._combine(g_user, values)
-        norms, cosines = _diagnostics(g_user)
-        info = StepInfo(
-            comb.weights,
-            comb.reweighted,
-            comb.coefficients,
-            values,
-            norms,
-            cosines,
-            comb.iterations,
-            normalizers=comb.normalizers,
-        )
+        info = _step_info(comb, values, g_user)
         if policy != "ignore" and not bool(_all_finite(values, g, comb.coefficients)):
             what = "non-finite gradient (it reached the Gram matrix) or coefficients"
             if self._raise_or_skip(policy, values, what):
@@ -964,17 +959,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             g = packed[: k * k].view(k, k) / world**2
             values = (packed[k * k :] / world).to(values.dtype)
         comb = self._combine(g, values)
-        norms, cosines = _diagnostics(g)
-        info = StepInfo(
-            comb.weights,
-            comb.reweighted,
-            comb.coefficients,
-            values,
-            norms,
-            cosines,
-            comb.iterations,
-            normalizers=comb.normalizers,
-        )
+        info = _step_info(comb, values, g)
         ref = losses[0]
         total = (comb.coefficients.detach().to(ref.dtype) * torch.stack(losses)).sum()
         if policy == "ignore" and not distributed.is_distributed():
