@@ -1,7 +1,7 @@
 """The MIB paper's FashionMNIST experiment (Table 1, Figures 1, 3, 5) as one command.
 
 Examples:
-    python benchmarks/ib_fmnist.py --preset quick            # CPU, ~15 minutes
+    python benchmarks/ib_fmnist.py --preset quick            # CPU, ~18 minutes on 2 cores
     python benchmarks/ib_fmnist.py --preset paper --device cuda
     python benchmarks/ib_fmnist.py --preset paper --beta 0.01 \\
         --methods VIB NIB VIB-squared NIB-squared             # paper Table 3

@@ -17,6 +17,8 @@ Methods:
                     G = J J^T, min-norm weights, MIB coefficients, .grad = c J, Adam
     floor_repr      representation mode written by hand: k autograd.grad on the features,
                     G, closed form, MIB coefficients, one backward of sum_i c_i L_i, Adam
+    floor_repr_checked  floor_repr plus the finiteness read that mograd's default
+                    (nonfinite="raise") adds: one sum per parameter gradient and one host read
     mograd_upgrad   MOWrapper(Adam, weights=UPGrad()) (exact per-loss gradients)
     mograd_cagrad   MOWrapper(Adam, weights=CAGrad()) (c = 0.5)
     torchjd_mgda    TorchJD autojac.backward + jac_to_grad(MGDA()) + Adam
@@ -55,6 +57,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,6 +80,7 @@ METHODS = (
     "mograd_frugal",
     "floor_exact",
     "floor_repr",
+    "floor_repr_checked",
     "mograd_upgrad",
     "mograd_cagrad",
     "torchjd_mgda",
@@ -187,12 +191,11 @@ def make_stepper(method: str, model: nn.Module, task: Task) -> Callable[[], None
             adam.step()
 
         return step
-    if method in ("floor_exact", "floor_repr"):
+    if method in ("floor_exact", "floor_repr", "floor_repr_checked"):
         from mograd.solver import min_norm_solve
         from mograd.weighting import reweight, smooth_coefficients
 
-        def coefficients(rows: list[torch.Tensor], losses: list[torch.Tensor]) -> torch.Tensor:
-            jac = torch.stack(rows)
+        def coefficients(jac: torch.Tensor, losses: list[torch.Tensor]) -> torch.Tensor:
             w = min_norm_solve(jac @ jac.T, validate=False).weights
             values = torch.stack([loss.detach() for loss in losses])
             return smooth_coefficients(reweight(w, 2.0), values, 0.2)
@@ -200,20 +203,25 @@ def make_stepper(method: str, model: nn.Module, task: Task) -> Callable[[], None
         def step() -> None:
             losses, feats = task.forward(model)
             adam.zero_grad()
-            inputs = feats if method == "floor_repr" else params
+            repr_mode = method != "floor_exact"
+            inputs = feats if repr_mode else params
             numels = [t.numel() for t in inputs]
             jac = torch.empty(len(losses), sum(numels), device=inputs[0].device)
             for i, loss in enumerate(losses):
-                keep = method == "floor_repr" or i < len(losses) - 1
+                keep = repr_mode or i < len(losses) - 1
                 gs = torch.autograd.grad(loss, inputs, retain_graph=keep, allow_unused=True)
                 offset = 0
                 for g, n in zip(gs, numels):
                     seg = jac[i, offset : offset + n]
                     seg.zero_() if g is None else seg.copy_(g.reshape(-1))
                     offset += n
-            c = coefficients(list(jac), losses)
-            if method == "floor_repr":
+            c = coefficients(jac, losses)
+            if repr_mode:
                 (c * torch.stack(losses)).sum().backward()
+                if method == "floor_repr_checked":
+                    sums = [p.grad.sum() for p in params if p.grad is not None]
+                    if not bool(torch.isfinite(torch.stack(sums)).all()):
+                        raise FloatingPointError("non-finite gradient")
             else:
                 flat = c @ jac
                 offset = 0
@@ -270,6 +278,55 @@ def make_stepper(method: str, model: nn.Module, task: Task) -> Callable[[], None
 
         return step
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+# (method, hand-written step it is compared with): the same computation, no library.
+FLOORS = (
+    ("mograd", "floor_exact"),
+    ("mograd_frugal", "floor_exact"),
+    ("mograd_repr", "floor_repr"),
+    ("mograd_repr", "floor_repr_checked"),
+    ("mograd_repr_nocheck", "floor_repr"),
+)
+
+
+def paired_ratios(times: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """For each (method, floor) pair in the run, keyed ``"method/floor"``: the median and
+    quartiles over rounds of ``t_method / t_floor`` measured in the same round (machine
+    drift cancels)."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, floor in FLOORS:
+        if method not in times or floor not in times:
+            continue
+        ratios = [a / b for a, b in zip(times[method], times[floor])]
+        if len(ratios) < 2:
+            q1 = q3 = ratios[0]
+        else:
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+        out[f"{method}/{floor}"] = {"median": statistics.median(ratios), "q1": q1, "q3": q3}
+    return out
+
+
+def floor_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: each mograd method's paired step-time ratio to its hand-written floor."""
+    keys = [f"{m}/{f}" for m, f in FLOORS if any(f"{m}/{f}" in r.get("vs_floor", {}) for r in rows)]
+    if not keys:
+        return ""
+    lines = [
+        "Paired ratio to the hand-written floor: median over rounds of t(method) / t(floor) "
+        "in the same round, with the interquartile range.",
+        "",
+        "| model | k | " + " | ".join(k.replace("/", " / ") for k in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for row in rows:
+        vs = row.get("vs_floor", {})
+        cells = []
+        for key in keys:
+            v = vs.get(key)
+            cells.append("--" if v is None else f"{v['median']:.3f} ({v['q1']:.2f}-{v['q3']:.2f})")
+        lines.append(f"| {row['model']} | {row['k']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _sync(device: torch.device) -> None:
@@ -496,12 +553,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                 "steps": steps,
                 "median_ms": med,
                 "ratio": {m: med[m] / med["adam"] for m in methods},
+                "vs_floor": paired_ratios(times),
                 "times_ms": {m: [v * 1e3 for v in t] for m, t in times.items()},
             }
             if not args.no_memory:
                 row["peak_mb"] = {m: peak_memory_mb(model_name, k, m, device) for m in methods}
             rows.append(row)
     table = markdown_table(rows, methods, not args.no_memory)
+    floors = floor_table(rows)
+    if floors:
+        table += "\n" + floors
     command = "python " + " ".join(
         [os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])
     )

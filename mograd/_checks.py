@@ -70,7 +70,7 @@ def check_losses(losses: object) -> list[torch.Tensor]:
 def loss_values(losses: list[torch.Tensor]) -> torch.Tensor:
     """Detached loss values in at least float32 (fp16/bf16 losses are promoted, so that
     the values of mixed-precision losses are neither rounded nor overflowed)."""
-    dtype = torch.float32
-    for loss in losses:
-        dtype = torch.promote_types(dtype, loss.dtype)
-    return torch.stack([loss.detach().to(dtype) for loss in losses])
+    values = torch.stack([loss.detach() for loss in losses])  # promotes mixed dtypes
+    if values.dtype in (torch.float16, torch.bfloat16):
+        values = values.float()
+    return values

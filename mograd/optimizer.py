@@ -26,7 +26,7 @@ import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -67,12 +67,13 @@ class NonFiniteError(FloatingPointError):
     """A loss or a gradient is NaN or infinite (raised with ``nonfinite="raise"``)."""
 
 
-@dataclass
 class StepInfo:
     """Diagnostics of one multi-objective backward pass.
 
     All tensor fields are detached, on the parameters' device, and computed without a
     device-to-host synchronization; call ``.tolist()`` or :meth:`as_dict` to read them.
+    ``grad_norms`` and ``cosines`` are derived from the Gram matrix when first read, so a
+    step whose diagnostics nobody reads does not pay for them.
 
     Attributes:
         weights: The weighting's weights ``w`` (min-norm ``w*`` by default), ``(k,)``.
@@ -91,15 +92,92 @@ class StepInfo:
         normalizers: The gradient normalizers ``n`` (all ones for ``normalize="none"``).
     """
 
-    weights: torch.Tensor
-    reweighted: torch.Tensor
-    coefficients: torch.Tensor
-    losses: torch.Tensor
-    grad_norms: torch.Tensor
-    cosines: torch.Tensor
-    iterations: int
-    skipped: bool = False
-    normalizers: torch.Tensor | None = field(default=None)
+    _FIELDS = (
+        "weights",
+        "reweighted",
+        "coefficients",
+        "losses",
+        "grad_norms",
+        "cosines",
+        "iterations",
+        "skipped",
+        "normalizers",
+    )
+
+    def __init__(
+        self,
+        weights: torch.Tensor,
+        reweighted: torch.Tensor,
+        coefficients: torch.Tensor,
+        losses: torch.Tensor,
+        grad_norms: torch.Tensor,
+        cosines: torch.Tensor,
+        iterations: int,
+        skipped: bool = False,
+        normalizers: torch.Tensor | None = None,
+    ) -> None:
+        self.weights = weights
+        self.reweighted = reweighted
+        self.coefficients = coefficients
+        self.losses = losses
+        self._grad_norms: torch.Tensor | None = grad_norms
+        self._cosines: torch.Tensor | None = cosines
+        self._gram: torch.Tensor | None = None
+        self.iterations = iterations
+        self.skipped = skipped
+        self.normalizers = normalizers
+
+    @classmethod
+    def _from_gram(cls, comb: Combination, values: torch.Tensor, gram: torch.Tensor) -> StepInfo:
+        """The step's diagnostics from its combination and the (unscaled) Gram matrix."""
+        info = cls.__new__(cls)
+        info.weights = comb.weights
+        info.reweighted = comb.reweighted
+        info.coefficients = comb.coefficients
+        info.losses = values
+        info._grad_norms = info._cosines = None
+        info._gram = gram.detach()
+        info.iterations = comb.iterations
+        info.skipped = False
+        info.normalizers = comb.normalizers
+        return info
+
+    def _derive(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._grad_norms is None or self._cosines is None:
+            assert self._gram is not None
+            norms, cosines = _diagnostics(self._gram)
+            if self._grad_norms is None:
+                self._grad_norms = norms
+            if self._cosines is None:
+                self._cosines = cosines
+        return self._grad_norms, self._cosines
+
+    @property
+    def grad_norms(self) -> torch.Tensor:
+        return self._derive()[0]
+
+    @grad_norms.setter
+    def grad_norms(self, value: torch.Tensor) -> None:
+        self._grad_norms = value
+
+    @property
+    def cosines(self) -> torch.Tensor:
+        return self._derive()[1]
+
+    @cosines.setter
+    def cosines(self, value: torch.Tensor) -> None:
+        self._cosines = value
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
+        return f"StepInfo({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepInfo):
+            return NotImplemented
+        return all(_same(getattr(self, n), getattr(other, n)) for n in self._FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain Python numbers and lists (one host synchronization), e.g. for logging."""
@@ -111,6 +189,12 @@ class StepInfo:
         out["iterations"] = self.iterations
         out["skipped"] = self.skipped
         return out
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    return a == b
 
 
 @dataclass
@@ -155,6 +239,37 @@ def _truly_finite(tensors: Sequence[torch.Tensor | None]) -> bool:
     return all(t is None or bool(torch.isfinite(_wide(t)).all()) for t in tensors)
 
 
+def _untouched(leaves: list[torch.Tensor]) -> bool:
+    """No leaf has a ``.grad`` yet nor a post-accumulate-grad hook (a plain backward pass
+    can then be undone by clearing ``.grad``)."""
+    return all(
+        leaf.grad is None and not getattr(leaf, "_post_accumulate_grad_hooks", None)
+        for leaf in leaves
+    )
+
+
+def _repr_problem(
+    values: torch.Tensor,
+    gram_matrix: torch.Tensor,
+    coefficients: torch.Tensor,
+    jac_z: torch.Tensor,
+    grads: Sequence[torch.Tensor | None],
+) -> str | None:
+    """``None`` when a representation-mode step is finite, else what is not (``""`` for a
+    loss value, named by the caller). One host read in the usual case."""
+    # One read of every gradient and one small check (a sum can overflow for finite
+    # gradients: the exact check below then decides).
+    parts = [values, gram_matrix.reshape(-1), coefficients]
+    parts += [_wide(gr).sum().reshape(1) for gr in grads if gr is not None]
+    if bool(torch.isfinite(torch.cat(parts)).all()):
+        return None
+    if not bool(torch.isfinite(values).all()):
+        return ""
+    if not _truly_finite([jac_z, *grads]) or not bool(torch.isfinite(coefficients).all()):
+        return "non-finite gradient in representation mode"
+    return None
+
+
 def _diagnostics(gram_matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     norms = gram_matrix.diagonal().clamp_min(0).sqrt()
     denom = (norms[:, None] * norms[None, :]).clamp_min(torch.finfo(gram_matrix.dtype).tiny)
@@ -163,17 +278,7 @@ def _diagnostics(gram_matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def _step_info(comb: Combination, values: torch.Tensor, gram_matrix: torch.Tensor) -> StepInfo:
     """The step's diagnostics from its combination and the (unscaled) Gram matrix."""
-    norms, cosines = _diagnostics(gram_matrix)
-    return StepInfo(
-        comb.weights,
-        comb.reweighted,
-        comb.coefficients,
-        values,
-        norms,
-        cosines,
-        comb.iterations,
-        normalizers=comb.normalizers,
-    )
+    return StepInfo._from_gram(comb, values, gram_matrix)
 
 
 def _resolve(
@@ -969,6 +1074,19 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             return self._record(info, skipped=False)
         extras = self._extras(losses, params)
         leaves = [*params, *extras]
+        if not distributed.is_distributed() and _untouched(leaves):
+            # The usual step (after zero_grad): one plain backward pass writes every .grad as
+            # loss.backward() does, then the check; a rejected step clears them again, which
+            # restores the state exactly (no .grad existed and no hook has run).
+            torch.autograd.backward(total, retain_graph=retain_graph)
+            written = [leaf.grad for leaf in leaves]
+            problem = _repr_problem(values, g, comb.coefficients, jac_z, written)
+            if problem is None:
+                return self._record(info, skipped=False)
+            for leaf in leaves:
+                leaf.grad = None
+            self._raise_or_skip(policy, values, problem)
+            return self._record(info, skipped=True)
         grads = list(
             torch.autograd.grad(total, leaves, retain_graph=retain_graph, allow_unused=True)
         )
@@ -980,23 +1098,11 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
                 distributed.mean_(flat, self.process_group)
                 parts = iter(torch.split(flat, [gr.numel() for gr in present]))
                 grads[:n] = [None if gr is None else next(parts).view_as(gr) for gr in grads[:n]]
-        skip = False
         if policy != "ignore":
-            sums = [_wide(gr).sum() for gr in grads if gr is not None]
-            finite = _all_finite(values, g, comb.coefficients)
-            if sums:
-                finite = finite & torch.isfinite(torch.stack(sums).sum())
-            if not bool(finite):
-                if not bool(torch.isfinite(values).all()):
-                    skip = self._raise_or_skip(policy, values, "")
-                elif not _truly_finite([jac_z, *grads]) or not bool(
-                    torch.isfinite(comb.coefficients).all()
-                ):
-                    skip = self._raise_or_skip(
-                        policy, values, "non-finite gradient in representation mode"
-                    )
-        if skip:
-            return self._record(info, skipped=True)
+            problem = _repr_problem(values, g, comb.coefficients, jac_z, grads)
+            if problem is not None:
+                self._raise_or_skip(policy, values, problem)
+                return self._record(info, skipped=True)
         accumulate_grad(leaves, grads)
         return self._record(info, skipped=False)
 

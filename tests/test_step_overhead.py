@@ -66,8 +66,7 @@ def test_default_output_is_the_ignored_runs_folder() -> None:
     assert args.out == ROOT / "runs" / "step_overhead"
 
 
-@pytest.mark.parametrize(("floor", "method"), [("floor_exact", "mograd"), ("floor_repr", "mograd_repr"),
-                                                ("floor_exact", "mograd_frugal"), ("floor_repr", "mograd_repr_nocheck")])
+@pytest.mark.parametrize(("method", "floor"), step_overhead.FLOORS)
 def test_hand_written_floors_compute_the_same_step(floor, method) -> None:
     """The floor rows time the same computation as mograd's, written by hand."""
     import torch
@@ -80,3 +79,12 @@ def test_hand_written_floors_compute_the_same_step(floor, method) -> None:
         params.append([p.detach().clone() for p in task.model.parameters()])
     for a, b in zip(*params):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_paired_ratios_pair_each_round() -> None:
+    times = {"mograd_repr": [2.0, 3.0, 4.0], "floor_repr": [1.0, 3.0, 2.0], "adam": [1.0, 1.0, 1.0]}
+    out = step_overhead.paired_ratios(times)
+    assert set(out) == {"mograd_repr/floor_repr"}
+    assert out["mograd_repr/floor_repr"]["median"] == 2.0  # ratios 2, 1, 2 (not 3 / 2)
+    table = step_overhead.floor_table([{"model": "mlp", "k": 2, "vs_floor": out}])
+    assert "| mlp | 2 | 2.000 (" in table
