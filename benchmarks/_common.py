@@ -1,4 +1,5 @@
-"""What every benchmark entry point shares: where results go, and the environment record.
+"""What every benchmark entry point shares: where results go, the environment record, and
+the argument types of the command lines.
 
 A run writes to ``runs/<name>/`` (ignored by git) unless ``--out`` says otherwise, so that a
 run on a fresh clone really trains instead of re-printing the committed reference results,
@@ -8,6 +9,7 @@ which live in ``benchmarks/results/<name>/`` and are regenerated with
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -19,7 +21,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "runs"
 
-__all__ = ["RESULTS", "ROOT", "RUNS", "command_line", "default_out", "environment", "reference"]
+__all__ = [
+    "RESULTS",
+    "ROOT",
+    "RUNS",
+    "command_line",
+    "count_or_all",
+    "default_out",
+    "environment",
+    "non_negative_float",
+    "positive_float",
+    "positive_int",
+    "reference",
+    "seed_value",
+]
 
 
 def default_out(name: str) -> Path:
@@ -59,3 +74,51 @@ def environment(*packages: str) -> dict[str, str]:
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     return out
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    """argparse type: a seed, an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {value}")
+    return value
+
+
+def count_or_all(text: str) -> int | None:
+    """argparse type: a positive count, or ``all`` (also ``none``, ``full``) for no limit."""
+    if text.lower() in ("all", "none", "full"):
+        return None
+    return positive_int(text)

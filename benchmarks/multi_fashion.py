@@ -41,7 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for mtlkit, ibkit, _
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # for mograd from a checkout
 
 import torch
-from _common import command_line, default_out, environment
+from _common import (
+    command_line,
+    count_or_all,
+    default_out,
+    environment,
+    positive_float,
+    positive_int,
+    seed_value,
+)
 from mtlkit.data import load_multi_fashion
 from mtlkit.methods import Method, all_names, available, expand, resolve_names
 from mtlkit.report import load_runs, run_path, write_json, write_report
@@ -109,42 +117,6 @@ def presets() -> dict[str, Preset]:
     return {"quick": quick, "paper": paper}
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {value}")
-    return value
-
-
-def _limit(text: str) -> int | None:
-    if text.lower() in ("all", "none", "full"):
-        return None
-    return _positive_int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``benchmarks/multi_fashion.py``."""
     p = presets()
@@ -176,32 +148,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--methods", nargs="+", metavar="M", help="methods to run (default: the preset's)"
     )
-    parser.add_argument("--seeds", nargs="+", type=_seed, metavar="S", help="training seeds")
-    parser.add_argument("--epochs", type=_positive_int, help="training epochs")
+    parser.add_argument("--seeds", nargs="+", type=seed_value, metavar="S", help="training seeds")
+    parser.add_argument("--epochs", type=positive_int, help="training epochs")
     parser.add_argument(
         "--train-limit",
-        type=_limit,
+        type=count_or_all,
         default=_UNSET,
         metavar="N",
         help="train on a fixed random subset of N of the 120 000 pairs ('all' for all)",
     )
     parser.add_argument(
         "--test-limit",
-        type=_limit,
+        type=count_or_all,
         default=_UNSET,
         metavar="N",
         help="evaluate on a fixed random subset of N of the 20 000 test pairs ('all')",
     )
     parser.add_argument(
-        "--rays", type=_positive_int, help="preference rays of the fronts (default 5)"
+        "--rays", type=positive_int, help="preference rays of the fronts (default 5)"
     )
-    parser.add_argument("--batch-size", type=_positive_int, help="mini-batch size")
-    parser.add_argument("--lr", type=_positive_float, help="learning rate of the inner optimizer")
+    parser.add_argument("--batch-size", type=positive_int, help="mini-batch size")
+    parser.add_argument("--lr", type=positive_float, help="learning rate of the inner optimizer")
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), help="cpu or cuda (default: cuda if available)"
     )
     parser.add_argument(
-        "--threads", type=_positive_int, help="torch CPU threads (default: all cores, at most 4)"
+        "--threads", type=positive_int, help="torch CPU threads (default: all cores, at most 4)"
     )
     parser.add_argument(
         "--out", type=Path, help=f"output directory (default: runs/{NAME}_<preset>)"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_int", "check_losses", "check_number", "loss_values"]
+__all__ = ["check_gram", "check_int", "check_losses", "check_number", "loss_values"]
 
 
 def check_number(name: str, value: object, *, positive: bool) -> float:
@@ -20,7 +20,7 @@ def check_number(name: str, value: object, *, positive: bool) -> float:
     return v
 
 
-def check_int(name: str, value: object, *, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int = 1) -> int:
     """An ``int`` (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -74,3 +74,33 @@ def loss_values(losses: list[torch.Tensor]) -> torch.Tensor:
     if values.dtype in (torch.float16, torch.bfloat16):
         values = values.float()
     return values
+
+
+def check_gram(gram: object, losses: object = None) -> None:
+    """Validate a Gram matrix (and optional loss values) without a host synchronization.
+
+    Args:
+        gram: The candidate ``(k, k)`` Gram matrix.
+        losses: Optional loss values, shape ``(k,)``.
+
+    Raises:
+        TypeError: If ``gram`` (or ``losses``) is not a tensor.
+        ValueError: If ``gram`` is not a non-empty square floating matrix, or ``losses`` has
+            the wrong shape.
+    """
+    if not isinstance(gram, torch.Tensor):
+        raise TypeError(f"gram must be a torch.Tensor, got {type(gram).__name__}")
+    if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
+        raise ValueError(
+            f"gram must be a non-empty square k x k matrix, got shape {tuple(gram.shape)}"
+        )
+    if not gram.is_floating_point():
+        raise ValueError(f"gram must have a floating dtype, got {gram.dtype}")
+    if losses is not None:
+        if not isinstance(losses, torch.Tensor):
+            raise TypeError(f"losses must be a torch.Tensor, got {type(losses).__name__}")
+        if tuple(losses.shape) != (gram.shape[0],):
+            raise ValueError(
+                f"losses must have shape ({gram.shape[0]},) to match gram, "
+                f"got {tuple(losses.shape)}"
+            )

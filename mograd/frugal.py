@@ -67,7 +67,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils._pytree import tree_flatten
 
 from . import _distributed as distributed
-from .gramian import row_dtype
+from .gramian import leaves_below, row_dtype
 
 __all__ = ["GramianEngine", "weighted_gradients"]
 
@@ -764,21 +764,7 @@ def _first(grads: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
 
 def _reaches(root: Any, pids: dict[int, int]) -> bool:
     """Whether the graph below ``root`` uses one of the parameters (stops at the first)."""
-    stack, seen = [root], set()
-    while stack:
-        fn = stack.pop()
-        if fn in seen:
-            continue
-        seen.add(fn)
-        var = getattr(fn, "variable", None)
-        if var is not None:
-            if id(var) in pids:
-                return True
-            continue
-        for nxt, _ in fn.next_functions:
-            if nxt is not None and nxt not in seen:
-                stack.append(nxt)
-    return False
+    return any(id(var) in pids for var in leaves_below([root]))
 
 
 def _local_walk(call: _Call, pids: dict[int, int]) -> None:

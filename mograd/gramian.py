@@ -20,26 +20,26 @@ gradients):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["accumulate_grad", "gram", "jacobian_rows", "reached_leaves", "row_dtype"]
+__all__ = [
+    "accumulate_grad",
+    "gram",
+    "jacobian_rows",
+    "leaves_below",
+    "reached_leaves",
+    "row_dtype",
+]
 
 
-def reached_leaves(losses: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The leaves that require grad and that some loss reaches, in discovery order."""
-    out: list[torch.Tensor] = []
-    seen_leaves: set[int] = set()
+def leaves_below(roots: Iterable[Any]) -> Iterator[torch.Tensor]:
+    """The leaf tensors (``AccumulateGrad`` variables) below the autograd nodes ``roots``,
+    each node visited once, lazily (a caller may stop at the first it looks for)."""
+    stack = list(roots)
     seen: set[object] = set()
-    stack = []
-    for loss in losses:
-        if loss.grad_fn is None:
-            if loss.requires_grad and id(loss) not in seen_leaves:  # a leaf loss
-                seen_leaves.add(id(loss))
-                out.append(loss)
-        else:
-            stack.append(loss.grad_fn)
     while stack:
         fn = stack.pop()
         if fn in seen:
@@ -47,13 +47,23 @@ def reached_leaves(losses: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         seen.add(fn)
         var = getattr(fn, "variable", None)
         if var is not None:
-            if id(var) not in seen_leaves:
-                seen_leaves.add(id(var))
-                out.append(var)
+            yield var
             continue
         for nxt, _ in fn.next_functions:
             if nxt is not None and nxt not in seen:
                 stack.append(nxt)
+
+
+def reached_leaves(losses: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The leaves that require grad and that some loss reaches, in discovery order."""
+    out: list[torch.Tensor] = []
+    seen: set[int] = set()
+    found = [loss for loss in losses if loss.grad_fn is None and loss.requires_grad]
+    roots = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
+    for var in [*found, *leaves_below(roots)]:  # a leaf loss is its own leaf
+        if id(var) not in seen:
+            seen.add(id(var))
+            out.append(var)
     return out
 
 

@@ -27,6 +27,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ._checks import check_gram, check_int
+
 __all__ = ["MinNormResult", "min_norm_solve", "min_norm_weights"]
 
 DEFAULT_MAX_ITER = 1000
@@ -52,18 +54,10 @@ class MinNormResult(NamedTuple):
 
 
 def _validate(gram: torch.Tensor, max_iter: int, tol: float) -> None:
-    if not isinstance(gram, torch.Tensor):
-        raise TypeError(f"gram must be a torch.Tensor, got {type(gram).__name__}")
-    if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
-        raise ValueError(
-            f"gram must be a non-empty square k x k matrix, got shape {tuple(gram.shape)}"
-        )
-    if not gram.is_floating_point():
-        raise ValueError(f"gram must have a floating dtype, got {gram.dtype}")
+    check_gram(gram)
     if not bool(torch.isfinite(gram).all()):
         raise ValueError("gram has non-finite entries (nan or inf)")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    check_int("max_iter", max_iter)
     if not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite float >= 0, got {tol!r}")
 

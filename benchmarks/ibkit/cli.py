@@ -28,7 +28,15 @@ from .train import GRAMS, RunConfig, prepare_data, run
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from _common import default_out, reference  # noqa: E402
+from _common import (  # noqa: E402
+    count_or_all,
+    default_out,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    reference,
+    seed_value,
+)
 
 PRESETS = ("quick", "paper", "resnet-cpu")
 _UNSET = object()  # default of the limit options, whose value None means "all"
@@ -108,54 +116,11 @@ def presets(dataset: str) -> dict[str, Preset]:
     }
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {value}")
-    return value
-
-
 def _eps(text: str) -> float:
     try:
         return atk.parse_eps(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _limit(text: str) -> int | None:
-    if text.lower() in ("all", "none", "full"):
-        return None
-    return _positive_int(text)
 
 
 def build_parser(dataset: str, prog: str) -> argparse.ArgumentParser:
@@ -215,33 +180,33 @@ def build_parser(dataset: str, prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seeds",
         nargs="+",
-        type=_seed,
+        type=seed_value,
         metavar="S",
         help="training seeds (quick: 0 1, paper: 0 1 2)",
     )
-    parser.add_argument("--epochs", type=_positive_int, help="training epochs")
+    parser.add_argument("--epochs", type=positive_int, help="training epochs")
     parser.add_argument(
         "--beta",
-        type=_non_negative_float,
+        type=non_negative_float,
         help="Lagrange multiplier of VIB/NIB and their squared forms (1e-4)",
     )
     parser.add_argument(
         "--train-limit",
-        type=_limit,
+        type=count_or_all,
         default=_UNSET,
         metavar="N",
         help="train on a fixed random subset of N images ('all' for all)",
     )
     parser.add_argument(
         "--test-limit",
-        type=_limit,
+        type=count_or_all,
         default=_UNSET,
         metavar="N",
         help="evaluate and attack a fixed random subset of N test images",
     )
     parser.add_argument(
         "--curve-limit",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="test images for the per-epoch FGSM/PGD curves",
     )
@@ -278,8 +243,8 @@ def build_parser(dataset: str, prog: str) -> argparse.ArgumentParser:
         help="parameters of the min-norm problem: all (default) or encoder (the paper's eq. 7)",
     )
     parser.add_argument("--backbone", choices=("cnn", "resnet18"), help="override the backbone")
-    parser.add_argument("--batch-size", type=_positive_int, help="mini-batch size (128)")
-    parser.add_argument("--lr", type=_positive_float, help="Adam learning rate (1e-3)")
+    parser.add_argument("--batch-size", type=positive_int, help="mini-batch size (128)")
+    parser.add_argument("--lr", type=positive_float, help="Adam learning rate (1e-3)")
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -288,7 +253,7 @@ def build_parser(dataset: str, prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         help="torch CPU threads (default: all cores, at most 4; results depend slightly on it)",
     )
     parser.add_argument(

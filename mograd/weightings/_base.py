@@ -12,37 +12,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._checks import check_gram
+
 __all__ = ["Weighting", "check_gram"]
-
-
-def check_gram(gram: object, losses: object = None) -> None:
-    """Validate a Gram matrix (and optional loss values) without a host synchronization.
-
-    Args:
-        gram: The candidate ``(k, k)`` Gram matrix.
-        losses: Optional loss values, shape ``(k,)``.
-
-    Raises:
-        TypeError: If ``gram`` (or ``losses``) is not a tensor.
-        ValueError: If ``gram`` is not a non-empty square floating matrix, or ``losses`` has
-            the wrong shape.
-    """
-    if not isinstance(gram, torch.Tensor):
-        raise TypeError(f"gram must be a torch.Tensor, got {type(gram).__name__}")
-    if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
-        raise ValueError(
-            f"gram must be a non-empty square k x k matrix, got shape {tuple(gram.shape)}"
-        )
-    if not gram.is_floating_point():
-        raise ValueError(f"gram must have a floating dtype, got {gram.dtype}")
-    if losses is not None:
-        if not isinstance(losses, torch.Tensor):
-            raise TypeError(f"losses must be a torch.Tensor, got {type(losses).__name__}")
-        if tuple(losses.shape) != (gram.shape[0],):
-            raise ValueError(
-                f"losses must have shape ({gram.shape[0]},) to match gram, "
-                f"got {tuple(losses.shape)}"
-            )
 
 
 class Weighting:

@@ -7,12 +7,12 @@ linear scalarization). Both are tensor operations only: no host synchronization.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from ._base import Weighting
+from ._util import check_vector
 
 __all__ = ["Constant", "Mean"]
 
@@ -54,21 +54,7 @@ class Constant(Weighting):
     host_sync = False
 
     def __init__(self, weights: Sequence[float] | torch.Tensor) -> None:
-        if isinstance(weights, torch.Tensor):
-            weights = weights.detach().cpu().reshape(-1).tolist()
-        if isinstance(weights, (str, bytes)):
-            raise ValueError(f"weights must be a sequence of numbers, got {weights!r}")
-        try:
-            values = tuple(float(w) for w in weights)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"weights must be a sequence of numbers, got {weights!r}") from exc
-        if not values:
-            raise ValueError("weights is an empty sequence")
-        for i, w in enumerate(values):
-            if not math.isfinite(w) or w < 0:
-                raise ValueError(f"weights[{i}] must be finite and >= 0, got {w!r}")
-        if sum(values) <= 0:
-            raise ValueError(f"weights must not all be zero, got {values!r}")
+        values = check_vector("weights", weights, flatten=True)
         self.weights = values
 
     def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:

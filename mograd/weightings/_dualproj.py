@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ._base import Weighting
@@ -18,7 +19,37 @@ from ._util import check_number, check_pref, from_host, nan_weights, pref_array,
 __all__ = ["DualProj"]
 
 
-class DualProj(Weighting):
+class _DualCone(Weighting):
+    """What DualProj and UPGrad share: the options, the host copy of ``G`` and the
+    degenerate cases; subclasses give the projection on the trace-normalized ``G``."""
+
+    host_sync = True
+
+    def __init__(
+        self, pref_vector: Sequence[float] | torch.Tensor | None = None, reg_eps: float = 0.0
+    ) -> None:
+        self.pref_vector = check_pref(pref_vector)
+        self.reg_eps = check_number("reg_eps", reg_eps)
+
+    def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
+        g = to_host(gram)
+        if g is None:
+            return nan_weights(gram)
+        p = pref_array(self.pref_vector, g.shape[0], type(self).__name__)
+        gn, tr = normalized(g)
+        if tr == 0.0:
+            return from_host(p, gram)
+        return from_host(self._project(gn, p), gram)
+
+    def __repr__(self) -> str:
+        pref = None if self.pref_vector is None else list(self.pref_vector)
+        return f"{type(self).__name__}(pref_vector={pref!r}, reg_eps={self.reg_eps:g})"
+
+
+class DualProj(_DualCone):
     r"""Projection of the preference-weighted gradient onto the dual cone (DualProj).
 
     With preference weights ``p``, ``J^T p`` is projected onto the dual cone
@@ -50,24 +81,5 @@ class DualProj(Weighting):
         (True, True)
     """
 
-    host_sync = True
-
-    def __init__(
-        self, pref_vector: Sequence[float] | torch.Tensor | None = None, reg_eps: float = 0.0
-    ) -> None:
-        self.pref_vector = check_pref(pref_vector)
-        self.reg_eps = check_number("reg_eps", reg_eps)
-
-    def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
-        g = to_host(gram)
-        if g is None:
-            return nan_weights(gram)
-        p = pref_array(self.pref_vector, g.shape[0], "DualProj")
-        gn, tr = normalized(g)
-        if tr == 0.0:
-            return from_host(p, gram)
-        return from_host(project_dual_cone(gn, p, self.reg_eps), gram)
-
-    def __repr__(self) -> str:
-        pref = None if self.pref_vector is None else list(self.pref_vector)
-        return f"DualProj(pref_vector={pref!r}, reg_eps={self.reg_eps:g})"
+    def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return project_dual_cone(gn, p, self.reg_eps)

@@ -6,19 +6,15 @@ Section 4 and Proposition 1. See ``docs/weightings.md``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import torch
 
-from ._base import Weighting
-from ._qp import normalized, project_dual_cone
-from ._util import check_number, check_pref, from_host, nan_weights, pref_array, to_host
+from ._dualproj import _DualCone
+from ._qp import project_dual_cone
 
 __all__ = ["UPGrad"]
 
 
-class UPGrad(Weighting):
+class UPGrad(_DualCone):
     r"""Unconflicting projection of gradients (UPGrad; Quinton & Rey 2024).
 
     Each gradient ``p_i g_i`` is projected onto the dual cone ``{x : g_j^T x >= 0 for all j}``
@@ -55,31 +51,12 @@ class UPGrad(Weighting):
         True
     """
 
-    host_sync = True
-
-    def __init__(
-        self, pref_vector: Sequence[float] | torch.Tensor | None = None, reg_eps: float = 0.0
-    ) -> None:
-        self.pref_vector = check_pref(pref_vector)
-        self.reg_eps = check_number("reg_eps", reg_eps)
-
-    def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
-        g = to_host(gram)
-        if g is None:
-            return nan_weights(gram)
-        k = g.shape[0]
-        p = pref_array(self.pref_vector, k, "UPGrad")
-        gn, tr = normalized(g)
-        if tr == 0.0:
-            return from_host(p, gram)
+    def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
+        k = gn.shape[0]
         w = np.zeros(k)
         for i in range(k):
             if p[i] > 0:
                 u = np.zeros(k)
                 u[i] = p[i]
                 w += project_dual_cone(gn, u, self.reg_eps)
-        return from_host(w, gram)
-
-    def __repr__(self) -> str:
-        pref = None if self.pref_vector is None else list(self.pref_vector)
-        return f"UPGrad(pref_vector={pref!r}, reg_eps={self.reg_eps:g})"
+        return w

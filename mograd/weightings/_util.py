@@ -15,12 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_int
+
 __all__ = [
     "check_bool",
     "check_int",
     "check_number",
     "check_pref",
     "check_seed",
+    "check_vector",
     "from_host",
     "generator_state",
     "load_generator_state",
@@ -41,13 +44,6 @@ def check_number(name: str, value: object, *, positive: bool = False) -> float:
     return v
 
 
-def check_int(name: str, value: object, minimum: int = 1) -> int:
-    """An ``int`` (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def check_bool(name: str, value: object) -> bool:
     """A ``bool``."""
     if not isinstance(value, bool):
@@ -62,30 +58,32 @@ def check_seed(seed: object) -> int:
     return seed
 
 
+def check_vector(name: str, value: object, *, flatten: bool = False) -> tuple[float, ...]:
+    """k finite numbers ``>= 0``, not all zero, as floats. A tensor is flattened with
+    ``flatten``, otherwise it must be 1-d."""
+    if isinstance(value, torch.Tensor):
+        if not flatten and value.dim() != 1:
+            raise ValueError(f"{name} must be a 1-d tensor, got shape {tuple(value.shape)}")
+        value = value.detach().cpu().reshape(-1).tolist()
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{name} must be a sequence of numbers, got {value!r}")
+    try:
+        values = tuple(float(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a sequence of numbers, got {value!r}") from exc
+    if not values:
+        raise ValueError(f"{name} is an empty sequence")
+    for i, v in enumerate(values):
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name}[{i}] must be finite and >= 0, got {v!r}")
+    if sum(values) <= 0:
+        raise ValueError(f"{name} must not all be zero (all zero weighs nothing), got {values!r}")
+    return values
+
+
 def check_pref(pref_vector: Sequence[float] | torch.Tensor | None) -> tuple[float, ...] | None:
     """A preference vector: finite weights ``>= 0``, not all zero (or ``None``)."""
-    if pref_vector is None:
-        return None
-    if isinstance(pref_vector, torch.Tensor):
-        if pref_vector.dim() != 1:
-            raise ValueError(
-                f"pref_vector must be a 1-d tensor, got shape {tuple(pref_vector.shape)}"
-            )
-        pref_vector = pref_vector.detach().cpu().tolist()
-    if isinstance(pref_vector, (str, bytes)):
-        raise ValueError(f"pref_vector must be a sequence of numbers, got {pref_vector!r}")
-    try:
-        values = tuple(float(p) for p in pref_vector)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"pref_vector must be a sequence of numbers, got {pref_vector!r}") from exc
-    if not values:
-        raise ValueError("pref_vector is an empty sequence")
-    for i, p in enumerate(values):
-        if not math.isfinite(p) or p < 0:
-            raise ValueError(f"pref_vector[{i}] must be finite and >= 0, got {p!r}")
-    if sum(values) <= 0:
-        raise ValueError(f"pref_vector must not be all zero, got {values!r}")
-    return values
+    return None if pref_vector is None else check_vector("pref_vector", pref_vector)
 
 
 def pref_array(pref: tuple[float, ...] | None, k: int, owner: str) -> np.ndarray:
