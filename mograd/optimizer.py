@@ -276,11 +276,6 @@ def _diagnostics(gram_matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return norms, gram_matrix / denom
 
 
-def _step_info(comb: Combination, values: torch.Tensor, gram_matrix: torch.Tensor) -> StepInfo:
-    """The step's diagnostics from its combination and the (unscaled) Gram matrix."""
-    return StepInfo._from_gram(comb, values, gram_matrix)
-
-
 def _resolve(
     weights: object, max_iter: int, tol: float
 ) -> tuple[Weighting | Callable[[torch.Tensor], torch.Tensor], bool]:
@@ -916,7 +911,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
                             policy, values, "non-finite coefficients (check the loss scale)"
                         )
         g_user = g if unscale is None else g / unscale
-        info = _step_info(comb, values, g_user)
+        info = StepInfo._from_gram(comb, values, g_user)
         if skip:
             return self._record(info, skipped=True)
         coeffs = comb.coefficients.to(jac.dtype)
@@ -959,7 +954,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         unscale = None if scale is None else scale.to(g.dtype) ** 2
         g_user = g if unscale is None else g / unscale
         comb = self._combine(g_user, values)
-        info = _step_info(comb, values, g_user)
+        info = StepInfo._from_gram(comb, values, g_user)
         if policy != "ignore" and not bool(_all_finite(values, g, comb.coefficients)):
             what = "non-finite gradient (it reached the Gram matrix) or coefficients"
             if self._raise_or_skip(policy, values, what):
@@ -1064,7 +1059,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             g = packed[: k * k].view(k, k) / world**2
             values = (packed[k * k :] / world).to(values.dtype)
         comb = self._combine(g, values)
-        info = _step_info(comb, values, g)
+        info = StepInfo._from_gram(comb, values, g)
         ref = losses[0]
         total = (comb.coefficients.detach().to(ref.dtype) * torch.stack(losses)).sum()
         if policy == "ignore" and not distributed.is_distributed():
