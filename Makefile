@@ -30,7 +30,7 @@ data:
 
 # The main job: the paper's FashionMNIST experiment, quick preset (24 runs; see docs/benchmarks.md for its time).
 demo: venv data
-	$(BIN)/python benchmarks/ib_fmnist.py --preset quick
+	$(BIN)/python -m benchmarks.ib_fmnist --preset quick
 
 quickstart: venv
 	$(BIN)/python examples/quickstart.py

@@ -13,7 +13,9 @@ import argparse
 import os
 import platform
 import shlex
+import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -33,6 +35,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "reference",
+    "run_child",
     "seed_value",
 ]
 
@@ -48,9 +51,20 @@ def reference(name: str) -> Path | None:
     return path if (path / "results.json").exists() else None
 
 
-def command_line() -> str:
-    """The exact command that started this process, for the results' record."""
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reruns this invocation, for the results' record:
+    ``python -m benchmarks.<module> <arguments>`` (``argv`` defaults to ``sys.argv[1:]``)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", "-m", f"benchmarks.{module}", *args])
+
+
+def run_child(
+    module: str, args: Sequence[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m benchmarks.<module> <args>`` in a fresh process from the repository
+    root (used to measure peak memory of one method alone)."""
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
 
 
 def environment(*packages: str) -> dict[str, str]:

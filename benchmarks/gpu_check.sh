@@ -61,8 +61,7 @@ stage test_cuda 150 "$PY" -m pytest -q -p no:xdist -p no:cacheprovider tests/tes
 # Every step_overhead method whose optional dependencies are installed.
 methods=$("$PY" - <<'EOF'
 import importlib.util, sys
-sys.path.insert(0, "benchmarks")
-import step_overhead
+from benchmarks import step_overhead
 out = []
 for m in step_overhead.METHODS:
     deps = ["torchjd"] if m.startswith("torchjd") else []
@@ -74,10 +73,10 @@ print(" ".join(out))
 EOF
 )
 # shellcheck disable=SC2086
-stage step_overhead 300 "$PY" benchmarks/step_overhead.py --preset paper --models resnet18 \
+stage step_overhead 300 "$PY" -m benchmarks.step_overhead --preset paper --models resnet18 \
   --k 2 8 --device cuda --methods $methods --out "$OUT/step_overhead"
 
-stage step_memory 180 "$PY" benchmarks/step_memory.py --device cuda --out "$OUT/step_memory"
+stage step_memory 180 "$PY" -m benchmarks.step_memory --device cuda --out "$OUT/step_memory"
 
 echo "GPU check done in $(( $(date +%s) - started ))s, exit $status; results in $OUT"
 exit "$status"

@@ -16,7 +16,7 @@ Fronts are traced with :func:`mograd.pareto.trace_front` on the minimization pai
 ``I(X;Z) = 1.1 x`` the largest value seen in the run and ``I(Z;Y) = 0``, on both a linear and a
 ``log10 I(X;Z)`` axis (I(X;Z) spans orders of magnitude over the beta sweep).
 
-Run ``python benchmarks/ib_front.py --help``; CPU quick scale by default. Results go to
+Run ``python -m benchmarks.ib_front --help``; CPU quick scale by default. Results go to
 ``runs/ib_front`` unless ``--out`` says otherwise; the committed reference is
 ``benchmarks/results/ib_front`` (regenerated with ``--out benchmarks/results/ib_front``).
 """
@@ -27,8 +27,6 @@ import argparse
 import json
 import math
 import platform
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,12 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-
-from _common import command_line, default_out, reference
-from ibkit.train import RunConfig, prepare_data, run
-
+from benchmarks._common import command_line, default_out, reference
+from benchmarks.ibkit.train import RunConfig, prepare_data, run
 from mograd import pareto
 
 __all__ = ["PRESETS", "main", "run_sweep"]
@@ -242,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     res = run_sweep(args)
     out.mkdir(parents=True, exist_ok=True)
     plot(res, out / "ib_front.png")
-    cmd = command_line() if argv is None else shlex.join(["python", Path(__file__).name, *argv])
+    cmd = command_line("ib_front", argv)
     res = {
         "command": cmd,
         "versions": {

@@ -15,7 +15,7 @@ Trains the quick preset's FashionMNIST CNN (``ib_fmnist.py``, one seed; 15 000 t
 
 Each configuration is an ordinary, resumable ``ib_fmnist.py`` result directory under
 ``--out``; this script adds ``table.md``, ``results.json`` and ``invariance.png`` on top.
-See docs/benchmarks.md. Run ``python benchmarks/ib_invariance.py --help``.
+See docs/benchmarks.md. Run ``python -m benchmarks.ib_invariance --help``.
 """
 
 from __future__ import annotations
@@ -23,18 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for ibkit and _common
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # for mograd from a checkout
-
-from _common import command_line, default_out, environment, reference
-from ibkit.cli import main as ib_main
-from ibkit.report import load_runs
+from benchmarks._common import command_line, default_out, environment, reference
+from benchmarks.ibkit.cli import main as ib_main
+from benchmarks.ibkit.report import load_runs
 
 __all__ = ["CONFIGS", "main", "summarize_configs", "write_table"]
 
@@ -261,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     some = next(iter(load_runs(out / args.configs[0])), None)
     cfg = some["config"] if some else {}
     meta = {
-        "command": command_line() if argv is None else "ib_invariance.py " + " ".join(argv),
+        "command": command_line("ib_invariance", argv),
         "environment": environment("torchvision", "torchattacks"),
         "seed": args.seed,
         "configs": {t: list(CONFIGS[t][:2]) for t in args.configs},

@@ -19,9 +19,9 @@ Data recipe (seed 0), model, metrics and results: ``docs/multi_fashion.md`` and
 and one JSON record per run under ``runs/`` (a rerun skips the runs already stored).
 
 Examples:
-    python benchmarks/multi_fashion.py --preset quick --threads 2       # CPU, ~10 min
-    python benchmarks/multi_fashion.py --preset paper --device cuda
-    python benchmarks/multi_fashion.py --methods LS MGDA UPGrad-pref --seeds 0 --epochs 1
+    python -m benchmarks.multi_fashion --preset quick --threads 2       # CPU, ~10 min
+    python -m benchmarks.multi_fashion --preset paper --device cuda
+    python -m benchmarks.multi_fashion --methods LS MGDA UPGrad-pref --seeds 0 --epochs 1
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for mtlkit, ibkit, _common
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # for mograd from a checkout
-
 import torch
-from _common import (
+from tqdm.auto import tqdm
+
+from benchmarks._common import (
     command_line,
     count_or_all,
     default_out,
@@ -50,12 +49,10 @@ from _common import (
     positive_int,
     seed_value,
 )
-from mtlkit.data import load_multi_fashion
-from mtlkit.methods import Method, all_names, available, expand, resolve_names
-from mtlkit.report import load_runs, run_path, write_json, write_report
-from mtlkit.train import RunConfig, Tensors, run
-from tqdm.auto import tqdm
-
+from benchmarks.mtlkit.data import load_multi_fashion
+from benchmarks.mtlkit.methods import Method, all_names, available, expand, resolve_names
+from benchmarks.mtlkit.report import load_runs, run_path, write_json, write_report
+from benchmarks.mtlkit.train import RunConfig, Tensors, run
 from mograd import pareto
 
 NAME = "multi_fashion"
@@ -122,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = presets()
     q, pp = p["quick"], p["paper"]
     parser = argparse.ArgumentParser(
-        prog="python benchmarks/multi_fashion.py",
+        prog="python -m benchmarks.multi_fashion",
         description=(
             "Multi-Fashion (two overlaid FashionMNIST items, one task each): every weighting "
             "of mograd.MOWrapper against linear scalarization on preference rays, fronts "
@@ -314,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": NAME,
         "preset": args.preset,
         "description": describe(args.preset, cfg, preset),
-        "command": command_line(),
+        "command": command_line("multi_fashion", argv),
         "config": fingerprint,
         "device": cfg.device,
         "threads": threads,

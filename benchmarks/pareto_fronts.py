@@ -15,7 +15,7 @@ rate, step budget and the same random starts:
 All starts of a method are optimized as one batch: row ``b`` of the parameters only affects row
 ``b`` of the objectives, so per-row gradients, Gram matrices, weights and (element-wise) Adam
 states are exactly those of independent ``mograd.MOWrapper`` runs (checked by
-``tests/test_pareto_fronts_bench.py``).
+``tests/benchmarks/test_pareto_fronts_bench.py``).
 
 Metrics, per method and seed (mean +- std over seeds in ``table.md``):
 
@@ -28,7 +28,7 @@ Metrics, per method and seed (mean +- std over seeds in ``table.md``):
   linear weighting can reach, farther than ``delta`` from any supported sample);
 - ``concave_cov``: share of the concave part within ``delta`` of a point that reached it.
 
-Run ``python benchmarks/pareto_fronts.py --help``.
+Run ``python -m benchmarks.pareto_fronts --help``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ import argparse
 import json
 import math
 import platform
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -48,12 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import default_out, reference
-from mo_problems import PROBLEMS, Problem, front_partition, get_problem
-
+from benchmarks._common import command_line, default_out, reference
+from benchmarks.mo_problems import PROBLEMS, Problem, front_partition, get_problem
 from mograd import pareto
 
 __all__ = [
@@ -479,9 +473,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             path = args.out / f"front_{pname}.png"
             plot_problem(pname, pres, cfg, path)
             figures.append(path.name)
-    cmd = sys.argv if argv is None else [Path(__file__).name, *argv]
     results = {
-        "command": shlex.join(["python", *cmd]) if argv is None else shlex.join(cmd),
+        "command": command_line("pareto_fronts", argv),
         "config": asdict(cfg),
         "versions": _versions(),
         "seeds": list(cfg.seeds),

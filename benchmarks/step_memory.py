@@ -28,10 +28,10 @@ Methods:
     repr      MOWrapper(Adam) in representation mode (features=z, MGDA-UB)
 
 Examples:
-    python benchmarks/step_memory.py                           # quick preset, this CPU
-    python benchmarks/step_memory.py --k 8 --methods adam frugal
-    python benchmarks/step_memory.py --device cuda --out benchmarks/results/gpu/step_memory
-    python benchmarks/step_memory.py --out benchmarks/results/step_memory   # the reference
+    python -m benchmarks.step_memory                           # quick preset, this CPU
+    python -m benchmarks.step_memory --k 8 --methods adam frugal
+    python -m benchmarks.step_memory --device cuda --out benchmarks/results/gpu/step_memory
+    python -m benchmarks.step_memory --out benchmarks/results/step_memory   # the reference
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -49,13 +47,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import mograd
+from benchmarks._common import command_line, default_out, environment
+from benchmarks._common import run_child as run_module
+
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
-sys.path.insert(0, str(ROOT))
-
-from _common import command_line, default_out, environment  # noqa: E402
-
-import mograd  # noqa: E402
 
 METHODS = ("adam", "rows", "frugal", "repr")
 PRESETS = {
@@ -191,8 +187,8 @@ def run_child(method: str, k: int, device: str, steps: int, threads: int) -> dic
         "MALLOC_MMAP_THRESHOLD_": "65536",
         "MALLOC_TRIM_THRESHOLD_": "131072",
     }
-    cmd = [sys.executable, __file__, "--child", method, str(k), device, str(steps), str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    args = ["--child", method, str(k), device, str(steps), str(threads)]
+    out = run_module("step_memory", args, env)
     if out.returncode != 0:
         raise RuntimeError(f"child {method} k={k} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -308,7 +304,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             per[m]["steady_ratio"] = per[m]["steady_mib"] / per["adam"]["steady_mib"]
             per[m]["first_ratio"] = per[m]["first_mib"] / per["adam"]["first_mib"]
         rows.append({"k": k, "params": results[(k, "adam")][0]["params"], "methods": per})
-    command = command_line()
+    command = command_line("step_memory", argv)
     env = environment("tqdm")
     env["device"] = args.device
     env["child_threads"] = str(args.threads)

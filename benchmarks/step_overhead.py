@@ -36,11 +36,11 @@ A run writes ``results.json``, ``table.md`` and ``overhead.png`` to ``runs/step_
 ``benchmarks/results/step_overhead`` (regenerate them with ``--out`` pointing there).
 
 Examples:
-    python benchmarks/step_overhead.py                      # quick preset, this CPU
-    python benchmarks/step_overhead.py --models mlp --methods mograd_upgrad torchjd_upgrad \
+    python -m benchmarks.step_overhead                      # quick preset, this CPU
+    python -m benchmarks.step_overhead --models mlp --methods mograd_upgrad torchjd_upgrad \
         mograd_cagrad torchjd_cagrad                        # the weighting rows only
-    python benchmarks/step_overhead.py --models mlp --k 2   # the core issue's measurement
-    python benchmarks/step_overhead.py --preset paper --device cuda
+    python -m benchmarks.step_overhead --models mlp --k 2   # the core issue's measurement
+    python -m benchmarks.step_overhead --preset paper --device cuda
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,14 +61,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import mograd
+from benchmarks._common import command_line, default_out, run_child
+from benchmarks._common import environment as common_environment
+
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
-sys.path.insert(0, str(ROOT))
-
-from _common import default_out  # noqa: E402
-from _common import environment as common_environment  # noqa: E402
-
-import mograd  # noqa: E402
 
 METHODS = (
     "adam",
@@ -158,7 +153,7 @@ def build_task(name: str, k: int, device: torch.device) -> Task:
 
         return Task(model, forward_mlp)
     if name in ("cnn", "resnet18"):
-        from ibkit.models import build_model
+        from benchmarks.ibkit.models import build_model
 
         model = build_model(name, 1, kind="gaussian").to(device)
         x = torch.rand(BATCH, 1, 28, 28, device=device)
@@ -374,13 +369,9 @@ def peak_memory_mb(model_name: str, k: int, method: str, device: torch.device) -
             step()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", model_name, str(k), method],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    args = ["--child", model_name, str(k), method]
+    out = run_child("step_overhead", args, {**os.environ, "OMP_NUM_THREADS": "1"})
+    out.check_returncode()
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
@@ -563,9 +554,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     floors = floor_table(rows)
     if floors:
         table += "\n" + floors
-    command = "python " + " ".join(
-        [os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line("step_overhead", argv)
     env = environment(device)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {

@@ -15,7 +15,7 @@ parameters or autograd.
   the best pair, stopped on the Frank-Wolfe duality gap relative to the scale of ``G`` or
   after ``max_iter`` iterations. It runs in float64 on the host: the matrix is tiny.
 
-Accuracy (measured by ``tests/test_solver.py``): relative objective gap
+Accuracy (measured by ``tests/unit/test_solver.py``): relative objective gap
 ``(f(w) - f*) / max_i G_ii`` at most ``1e-6`` in float64 for k <= 8, and at most ``1e-4`` for
 float32 input with ``k = 2`` (the closed form runs in the input's precision there).
 """

@@ -13,7 +13,7 @@ One module per concern:
 
 Typical use from other code::
 
-    from ibkit.train import RunConfig, run
+    from benchmarks.ibkit.train import RunConfig, run
     cfg = RunConfig(dataset="fashion_mnist", backbone="cnn", epochs=2, train_limit=2000)
     result = run("MIB", seed=0, config=cfg)
     points = result["info_plane"]  # list of (I(X;Z) bound, I(Z;Y) bound) per epoch

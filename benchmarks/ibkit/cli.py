@@ -19,16 +19,7 @@ from typing import Any
 
 import torch
 
-from . import attacks as atk
-from .losses import KL_REDUCTIONS
-from .methods import ALL_METHODS, KNOWN_METHODS, canonical_name
-from .report import load_runs, run_path, weights_summary, write_json, write_report
-from .train import GRAMS, RunConfig, prepare_data, run
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT / "benchmarks") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from _common import (  # noqa: E402
+from benchmarks._common import (
     count_or_all,
     default_out,
     non_negative_float,
@@ -37,6 +28,14 @@ from _common import (  # noqa: E402
     reference,
     seed_value,
 )
+
+from . import attacks as atk
+from .losses import KL_REDUCTIONS
+from .methods import ALL_METHODS, KNOWN_METHODS, canonical_name
+from .report import load_runs, run_path, weights_summary, write_json, write_report
+from .train import GRAMS, RunConfig, prepare_data, run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PRESETS = ("quick", "paper", "resnet-cpu")
 _UNSET = object()  # default of the limit options, whose value None means "all"
@@ -448,7 +447,7 @@ def main(
     Returns:
         Process exit status.
     """
-    prog = f"python benchmarks/{name}.py"
+    prog = f"python -m benchmarks.{name}"
     parser = build_parser(dataset, prog)
     args = parser.parse_args(argv)
     try:

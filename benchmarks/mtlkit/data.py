@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for ibkit
-
-from ibkit.data import FASHION_FILES, prepare_fashion_mnist_root
+from benchmarks.ibkit.data import FASHION_FILES, prepare_fashion_mnist_root
 
 __all__ = [
     "CLASSES",

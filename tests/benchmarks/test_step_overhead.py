@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks import step_overhead
 
-import step_overhead  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_run_writes_table_json_and_figure(tmp_path) -> None:

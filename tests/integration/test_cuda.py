@@ -117,7 +117,7 @@ def test_gpu_check_skips_without_cuda() -> None:
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
     out = subprocess.run(
         ["bash", str(root / "benchmarks" / "gpu_check.sh")],

@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from benchmarks import _common
+from benchmarks import pareto_fronts as pf
+from benchmarks.ibkit import attacks as atk
+from benchmarks.ibkit.cli import build_parser, main, presets, resolve
+from benchmarks.ibkit.data import DEBIAN_FASHION_MNIST, TensorData
+from benchmarks.ibkit.losses import gaussian_kl, information_term
+from benchmarks.ibkit.methods import get_method
+from benchmarks.ibkit.models import build_model
+from benchmarks.ibkit.report import summarize, summarize_information, table_markdown
+from benchmarks.ibkit.train import encoder_parameters, evaluate_information, make_optimizer
 
-import _common  # noqa: E402
-import pareto_fronts as pf  # noqa: E402
-from ibkit import attacks as atk  # noqa: E402
-from ibkit.cli import build_parser, main, presets, resolve  # noqa: E402
-from ibkit.data import DEBIAN_FASHION_MNIST, TensorData  # noqa: E402
-from ibkit.losses import gaussian_kl, information_term  # noqa: E402
-from ibkit.methods import get_method  # noqa: E402
-from ibkit.models import build_model  # noqa: E402
-from ibkit.report import summarize, summarize_information, table_markdown  # noqa: E402
-from ibkit.train import encoder_parameters, evaluate_information, make_optimizer  # noqa: E402
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 needs_fmnist = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs transformers and accelerate",
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 3
 
 

@@ -118,7 +118,7 @@ def test_ddp_example_under_torchrun() -> None:
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node=2", "--standalone",
            str(root / "examples" / "ddp_ib.py"), "--steps", "5"]

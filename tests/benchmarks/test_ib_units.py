@@ -4,33 +4,30 @@ from __future__ import annotations
 
 import gzip
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from ibkit import attacks as atk
-from ibkit.data import DEBIAN_FASHION_MNIST, TensorData, load_dataset
-from ibkit.losses import (
+from benchmarks.ibkit import attacks as atk
+from benchmarks.ibkit.data import DEBIAN_FASHION_MNIST, TensorData, load_dataset
+from benchmarks.ibkit.losses import (
     gaussian_kl,
     info_plane_point,
     information_term,
     kde_mutual_information,
     lagrangian,
 )
-from ibkit.methods import (
+from benchmarks.ibkit.methods import (
     ALL_METHODS,
     INTERPRETATION_METHODS,
     PAPER_METHODS,
     canonical_name,
     get_method,
 )
-from ibkit.models import build_model
-from ibkit.report import row_ranks, summarize, table_markdown
+from benchmarks.ibkit.models import build_model
+from benchmarks.ibkit.report import row_ranks, summarize, table_markdown
 
 # ----------------------------------------------------------------------------- losses
 

@@ -4,22 +4,19 @@ the method table, a tiny smoke run of two methods end to end, and the command li
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from benchmarks import multi_fashion
+from benchmarks.ibkit.data import DEBIAN_FASHION_MNIST
+from benchmarks.mtlkit import data as mfdata
+from benchmarks.mtlkit.methods import all_names, available, expand, resolve_names
+from mograd import pareto
 
-import multi_fashion  # noqa: E402
-from ibkit.data import DEBIAN_FASHION_MNIST  # noqa: E402
-from mtlkit import data as mfdata  # noqa: E402
-from mtlkit.methods import all_names, available, expand, resolve_names  # noqa: E402
-
-from mograd import pareto  # noqa: E402
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 needs_fmnist = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
@@ -202,9 +199,8 @@ def test_default_out_is_the_ignored_runs_dir() -> None:
 
 
 def test_ray_balance_weights_and_ray_tracing_on_quadratics() -> None:
-    from mtlkit.epo import RayBalance
-
     import mograd
+    from benchmarks.mtlkit.epo import RayBalance
 
     eye = torch.eye(2, dtype=torch.float64)
     on_ray = RayBalance([0.5, 0.5])(eye, torch.tensor([1.0, 1.0], dtype=torch.float64))

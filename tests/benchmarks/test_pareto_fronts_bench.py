@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,9 @@ import pytest
 import torch
 
 import mograd
+from benchmarks import pareto_fronts as pf
+from benchmarks.mo_problems import PROBLEMS, front_partition, get_problem
 from mograd.pareto import non_dominated
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import pareto_fronts as pf
-from mo_problems import PROBLEMS, front_partition, get_problem
 
 
 def _pareto_set_points(name: str, n: int = 40) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +12,13 @@ import pytest
 import torch
 from torchvision import datasets
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from benchmarks.ibkit.attacks import ATTACKS
+from benchmarks.ibkit.cli import main
+from benchmarks.ibkit.data import DEBIAN_FASHION_MNIST, UncheckedCIFAR10, load_dataset
+from benchmarks.ibkit.methods import ALL_METHODS, MAIN_METHODS
+from benchmarks.ibkit.train import RunConfig, info_plane_points, run
 
-from ibkit.attacks import ATTACKS  # noqa: E402
-from ibkit.cli import main  # noqa: E402
-from ibkit.data import DEBIAN_FASHION_MNIST, UncheckedCIFAR10, load_dataset  # noqa: E402
-from ibkit.methods import ALL_METHODS, MAIN_METHODS  # noqa: E402
-from ibkit.train import RunConfig, info_plane_points, run  # noqa: E402
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 needs_fmnist = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),

@@ -381,10 +381,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, mode):
 
 # ------------------------------------------------------------------ the memory benchmark
 def test_step_memory_cli_and_table(capsys):
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import step_memory
+    from benchmarks import step_memory
 
     with pytest.raises(SystemExit) as exc:
         step_memory.parse_args(["--help"])

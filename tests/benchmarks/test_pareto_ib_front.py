@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import ib_front
-from ibkit.data import DEBIAN_FASHION_MNIST
+from benchmarks import ib_front
+from benchmarks.ibkit.data import DEBIAN_FASHION_MNIST
 
 
 @pytest.mark.skipif(
