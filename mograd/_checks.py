@@ -10,13 +10,20 @@ import torch
 __all__ = ["check_gram", "check_int", "check_losses", "check_number", "loss_values"]
 
 
-def check_number(name: str, value: object, *, positive: bool) -> float:
-    """A finite real number (``> 0`` when ``positive``), as a float."""
+def check_number(
+    name: str, value: object, *, positive: bool = False, nonnegative: bool = False
+) -> float:
+    """A finite real number (``> 0`` when ``positive``, ``>= 0`` when ``nonnegative``), as
+    a float. The one number check of mograd: options, weightings and the solver use it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a real number, got {value!r}")
     v = float(value)
-    if not math.isfinite(v) or (positive and v <= 0):
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and v <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if nonnegative and v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
 
 

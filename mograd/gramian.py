@@ -11,8 +11,8 @@ gradients):
   graph that the loss reaches) and writes the flattened gradients of the optimizer's
   parameters into one ``(k, P)`` buffer ``J``, and those of other leaves into small
   per-leaf ``(k, n)`` blocks that never enter ``G``;
-* :func:`gram` forms ``J_S J_S^T`` on the shared columns, rescaling in float64 when the
-  float32 product would overflow for finite gradients;
+* :func:`gram` forms ``J_S J_S^T`` on the shared columns by the one precision rule of
+  every Gram matrix (float32 blocks summed in float64);
 * :func:`accumulate_grad` adds a gradient to ``.grad`` with the semantics of
   ``loss.backward()``: the parameter's own storage and layout, never an alias of another
   gradient, dense, then the parameter's post-accumulate-grad hooks.
@@ -26,8 +26,10 @@ from typing import Any
 import torch
 
 __all__ = [
+    "GRAM_CHUNK",
     "accumulate_grad",
     "gram",
+    "gram_dtype",
     "jacobian_rows",
     "leaves_below",
     "reached_leaves",
@@ -84,8 +86,14 @@ def jacobian_rows(
     extras: Sequence[torch.Tensor],
     retain_last: bool,
     what: str = "any parameter held by the optimizer",
+    *,
+    hits: list[bool] | None = None,
 ) -> tuple[torch.Tensor, list[bool], list[torch.Tensor | None]]:
     """One backward pass per loss; rows of ``J`` on ``params``, blocks on ``extras``.
+
+    A loss that reaches none of ``params`` raises ``ValueError`` (naming it after
+    ``what``), unless ``hits`` is given: it then receives, per loss, whether it reached
+    one of ``params``, and the loss's row is zero.
 
     Returns:
         ``J`` of shape ``(k, sum numel(params))``; which params some loss reached; for each
@@ -104,7 +112,10 @@ def jacobian_rows(
     for i, loss in enumerate(losses):
         retain = retain_last or i < k - 1
         grads = torch.autograd.grad(loss, inputs, retain_graph=retain, allow_unused=True)
-        if all(g is None for g in grads[:n_params]) and n_params:
+        hit = any(g is not None for g in grads[:n_params])
+        if hits is not None:
+            hits.append(hit)
+        elif not hit and n_params:
             raise ValueError(f"losses[{i}] does not depend on {what}")
         row = jac[i]
         offset = 0
@@ -130,15 +141,49 @@ def jacobian_rows(
     return jac, reached, blocks
 
 
-def gram(shared: torch.Tensor, *, rescale: bool = False) -> torch.Tensor:
-    """``J_S J_S^T``; with ``rescale``, in float64 after dividing by ``max |J_S|`` (finite
-    for any finite ``J_S``), the path taken when the plain product overflowed."""
-    if not rescale:
-        return shared @ shared.T
-    j = shared.to(torch.float64)
-    s = j.abs().amax().clamp_min(torch.finfo(torch.float64).tiny)
-    j = j / s
-    return (j @ j.T) * (s * s)
+GRAM_CHUNK = 1 << 14
+"""Columns per float32 block of :func:`gram` (blocks are summed in float64)."""
+
+
+def gram_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of every Gram matrix mograd forms: float64, or float32 on devices that have
+    no float64 (Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def gram(rows: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
+    """``rows @ rows.T`` with an error that does not grow with the number of columns P.
+
+    The one precision rule of every Gram matrix (paper eq. 8): products of float32 blocks of
+    :data:`GRAM_CHUNK` columns, summed in float64 (:func:`gram_dtype`), so that the relative
+    error stays that of one block, whatever P; float64 rows are multiplied directly. With
+    ``exact``, the float64 product of the rows divided by a power of two near ``max |rows|``:
+    finite for any finite rows (the path taken when the blockwise product overflowed).
+
+    Args:
+        rows: ``(k, P)`` per-loss gradients, each row with unit stride.
+        exact: Rescale and multiply in float64.
+
+    Returns:
+        The ``(k, k)`` Gram matrix in :func:`gram_dtype`.
+    """
+    acc = gram_dtype(rows.device)
+    if exact:
+        j = rows.to(acc)
+        amax = j.abs().amax().clamp_min(torch.finfo(acc).tiny)
+        s = torch.ldexp(torch.ones_like(amax), torch.frexp(amax)[1].to(acc))
+        j = j / s
+        return (j @ j.T) * (s * s)
+    k, p = rows.shape
+    if rows.dtype == acc or p <= GRAM_CHUNK:
+        return (rows @ rows.T).to(acc)
+    n = p // GRAM_CHUNK
+    body = rows[:, : n * GRAM_CHUNK].view(k, n, GRAM_CHUNK).transpose(0, 1)
+    out = torch.bmm(body, body.transpose(1, 2)).to(acc).sum(0)
+    tail = rows[:, n * GRAM_CHUNK :]
+    if tail.shape[1]:
+        out += (tail @ tail.T).to(acc)
+    return out
 
 
 def _owns_storage(g: torch.Tensor, p: torch.Tensor, storages: set[int] | None) -> bool:
@@ -162,14 +207,16 @@ def accumulate_grad(
     grads: Sequence[torch.Tensor | None],
     *,
     disjoint: bool = False,
+    densify: bool = False,
 ) -> None:
     """``p.grad += g`` for each pair, as ``loss.backward()`` leaves it.
 
     A new ``.grad`` has the parameter's dtype and layout (``channels_last`` stays
     ``channels_last``) and never shares memory with another parameter's ``.grad`` (autograd
     may return one tensor for two aliased parameters, or a stride-0 expanded tensor); a
-    sparse gradient of a sparse-gradient parameter stays sparse. Post-accumulate-grad hooks
-    of each parameter run once, after its ``.grad`` is written.
+    sparse gradient stays sparse and uncoalesced, as autograd leaves it, unless
+    ``densify``. Post-accumulate-grad hooks of each parameter run once, after its ``.grad``
+    is written.
 
     Args:
         params: The leaves.
@@ -177,23 +224,34 @@ def accumulate_grad(
             shape.
         disjoint: The caller guarantees that the gradients occupy disjoint memory (slices
             of one buffer): they are used in place when their layout fits.
+        densify: Make every written ``.grad`` dense (a combination of k >= 2 gradients
+            is dense, see ``docs/api.md``).
     """
     storages: set[int] | None = None if disjoint else set()
     for p, g in zip(params, grads):
         if g is None:
             continue
+        if densify and g.layout != torch.strided:
+            g = g.to_dense()
         if p.grad is None:
-            if g.layout != torch.strided:
-                p.grad = g.coalesce() if g.is_sparse else g.clone()
-            elif _owns_storage(g, p, storages):
-                p.grad = g
-            else:
-                new = torch.empty_like(p, memory_format=torch.preserve_format)
-                new.copy_(g)
-                p.grad = new
+            p.grad = _new_grad(g, p, storages)
+        elif p.grad.layout != torch.strided and g.layout == torch.strided:
+            p.grad = g + p.grad  # a dense gradient added to a sparse one is dense
         else:
             p.grad.add_(g)
+        if densify and p.grad.layout != torch.strided:
+            p.grad = p.grad.to_dense()
         hooks = getattr(p, "_post_accumulate_grad_hooks", None)
         if hooks:
             for hook in tuple(hooks.values()):
                 hook(p)
+
+
+def _new_grad(g: torch.Tensor, p: torch.Tensor, storages: set[int] | None) -> torch.Tensor:
+    if g.layout != torch.strided:
+        return g.clone()
+    if _owns_storage(g, p, storages):
+        return g
+    new = torch.empty_like(p, memory_format=torch.preserve_format)
+    new.copy_(g)
+    return new

@@ -1,0 +1,35 @@
+"""Gradient sources: what one step gathers from the losses, behind one interface
+(:class:`~mograd.sources.base.Collected`).
+
+========== ============================================ =============== ==========
+source     gathers                                      ``G``           accumulates
+========== ============================================ =============== ==========
+rows       k per-loss gradients as rows of ``J``        ``J_S J_S^T``   yes
+single     the gradient of the one loss (k = 1)         ``|g|^2``       yes
+gramian    forward records (:mod:`mograd.frugal`)       module by module no
+features   per-loss gradients w.r.t. the features ``z`` ``J_z J_z^T``   no
+losses     the loss values only (loss-level weightings) none            no
+========== ============================================ =============== ==========
+"""
+
+from .base import Collected, Step, Update
+from .features import FeaturesCollected, check_features, collect_features
+from .gramian import GramianCollected
+from .losses import LossesCollected
+from .rows import RowsCollected, collect_rows
+from .single import SingleCollected, collect_single
+
+__all__ = [
+    "Collected",
+    "FeaturesCollected",
+    "GramianCollected",
+    "LossesCollected",
+    "RowsCollected",
+    "SingleCollected",
+    "Step",
+    "Update",
+    "check_features",
+    "collect_features",
+    "collect_rows",
+    "collect_single",
+]

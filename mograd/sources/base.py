@@ -1,0 +1,183 @@
+"""The interface every gradient source implements: :class:`Collected` and :class:`Update`.
+
+A *source* gathers what one step needs from the losses (per-loss gradients, the Gram
+matrix's records, feature gradients, or only the loss values) into a :class:`Collected`.
+The step pipeline (:mod:`mograd.pipeline`) then runs the same stages on every source:
+``reduce`` over the process group, ``gram``, the weighting, the non-finite guard, and
+``prepare(c).commit()``, which writes ``.grad = sum_i c_i grad L_i``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..gramian import reached_leaves
+
+__all__ = ["Collected", "Step", "Update"]
+
+
+@dataclass
+class Step:
+    """What every source is told about one step.
+
+    Attributes:
+        losses: The k scalar losses (scaled by the GradScaler when there is one).
+        values: Their detached, unscaled values in at least float32, ``(k,)``.
+        params: The optimizer's parameters that require grad, shared ones first.
+        n_shared: How many of ``params`` are shared (enter the Gram matrix).
+        retain_graph: Keep the autograd graph after the step's last backward pass.
+        scale: The GradScaler's scale of the losses, or ``None``.
+        group: The process group (``None``: the world group).
+        distributed: Whether ``torch.distributed`` is initialized (then every source
+            averages over ``group``).
+        checked: Whether the non-finite guard will read the step (``nonfinite`` is not
+            ``"ignore"``): unchecked steps may write ``.grad`` directly.
+    """
+
+    losses: list[torch.Tensor]
+    values: torch.Tensor
+    params: list[torch.Tensor]
+    n_shared: int
+    retain_graph: bool
+    scale: torch.Tensor | None
+    group: Any
+    distributed: bool
+    checked: bool
+    _extras: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def k(self) -> int:
+        """The number of losses."""
+        return len(self.losses)
+
+    @property
+    def extras(self) -> list[torch.Tensor]:
+        """Leaves outside the optimizer that the losses reach (found once, by a graph walk):
+        they receive their gradient as after ``loss.backward()``, but never enter ``G``."""
+        if self._extras is None:
+            held = {id(p) for p in self.params}
+            self._extras = [v for v in reached_leaves(self.losses) if id(v) not in held]
+        return self._extras
+
+    @property
+    def shared_numel(self) -> int:
+        """Columns of the shared parameters."""
+        return sum(p.numel() for p in self.params[: self.n_shared])
+
+
+class Update(ABC):
+    """The combined gradient ``sum_i c_i grad L_i`` of one step, not yet (or undoably)
+    part of ``.grad``."""
+
+    def finite(self) -> torch.Tensor | None:
+        """A 0-d bool tensor (no host read): the gradients seen only here are finite;
+        ``None`` when there is nothing to check."""
+        return None
+
+    def problem(self) -> str | None:
+        """After :meth:`finite` was false: what is not finite (exact, slow), or ``None``."""
+        return None
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Add the combined gradient to ``.grad`` as ``loss.backward()`` would."""
+
+    def rollback(self) -> None:
+        """Undo whatever :meth:`Collected.prepare` wrote (nothing, unless it wrote)."""
+        return None
+
+
+class Collected(ABC):
+    """What a source gathered for one step, before any ``.grad`` is written.
+
+    Attributes:
+        values: The loss values, ``(k,)`` (replaced by their mean by :meth:`reduce`).
+        dtype: The dtype of the step's gradients, used for :class:`~mograd.StepInfo`.
+        accumulates: Whether micro-batches can be summed with :meth:`add_`.
+    """
+
+    accumulates: ClassVar[bool] = False
+    values: torch.Tensor
+    dtype: torch.dtype
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.values = step.values
+
+    @property
+    def k(self) -> int:
+        """The number of losses."""
+        return int(self.values.shape[0])
+
+    @abstractmethod
+    def reduce(self, group: Any) -> None:
+        """Average over the process group, so that every rank forms the same ``G``."""
+
+    @abstractmethod
+    def gram(self, exact: bool = False) -> torch.Tensor | None:
+        """``G`` of the (scaled) per-loss gradients on the shared parameters, by the
+        precision rule of :func:`mograd.gramian.gram`; ``exact``: recompute it when the
+        first one overflowed for finite gradients. ``None``: the source forms none."""
+
+    def finite(self) -> torch.Tensor | None:
+        """A 0-d bool tensor: the gathered gradients that ``G`` does not cover are finite."""
+        return None
+
+    def problem(self) -> str | None:
+        """What gathered gradient is not finite (exact, slow), or ``None``."""
+        return None
+
+    @abstractmethod
+    def prepare(self, coefficients: torch.Tensor) -> Update:
+        """The combined gradient for the coefficients ``c`` (on the raw gradients)."""
+
+    def add_(self, other: Collected) -> None:
+        """Sum another micro-batch into this one (sources with ``accumulates``)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def discard(self) -> None:
+        """Undo anything gathering wrote (called when the step fails before ``prepare``)."""
+        return None
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One bool tensor, without a host synchronization."""
+    out = torch.isfinite(tensors[0]).all()
+    for t in tensors[1:]:
+        out = out & torch.isfinite(t).all()
+    return out
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """Values of a sparse tensor; half precision widened to float32 for sums and norms."""
+    if t.layout != torch.strided:
+        t = t.coalesce().values() if t.is_sparse else t.to_dense()
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def sums_finite(grads: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """One fused read of many gradients: their sums are finite (a sum of finite values
+    can overflow: :func:`truly_finite` then decides). ``None`` for no gradient."""
+    sums = [wide(g).sum().reshape(1) for g in grads if g is not None]
+    if not sums:
+        return None
+    return torch.isfinite(torch.cat(sums).sum())
+
+
+def truly_finite(tensors: Sequence[torch.Tensor | None]) -> bool:
+    """The exact (slow) check, used only after a cheap one failed."""
+    return all(t is None or bool(torch.isfinite(wide(t)).all()) for t in tensors)
+
+
+def untouched(leaves: Sequence[torch.Tensor]) -> bool:
+    """No leaf has a ``.grad`` nor a post-accumulate-grad hook: a plain backward pass into
+    them can be undone exactly by clearing ``.grad``."""
+    return all(
+        leaf.grad is None and not getattr(leaf, "_post_accumulate_grad_hooks", None)
+        for leaf in leaves
+    )
