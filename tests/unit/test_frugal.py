@@ -143,7 +143,7 @@ def test_same_gram_and_update_as_rows(case, dtype):
     losses = make_losses(model, dtype)
     g, reached = engine.gram(losses)
     ref, jac, order = reference(losses, params)
-    assert g.dtype == jac.dtype and g.shape == (len(losses), len(losses))
+    assert g.dtype == torch.float64 and g.shape == (len(losses), len(losses))
     assert_gram_close(g, ref, dtype)
     assert all(reached)
     # the update: one weighted backward pass == c @ J
