@@ -1,26 +1,13 @@
 """MIB with the Hugging Face ``Trainer``: ``compute_loss`` returns several losses, mograd steps.
 
-:class:`MOTrainer` is a small ``transformers.Trainer`` subclass: its ``compute_loss`` returns
-a list of k losses instead of one, its optimizer (the one the Trainer builds, AdamW by
-default, or the one passed with ``optimizers=``) is wrapped in :class:`mograd.MOWrapper`,
-and its ``training_step`` hands each micro-batch to ``MOWrapper.accumulate``. On the last
-micro-batch of an accumulation window it solves once, on the summed per-loss gradients, and
-writes ``.grad``; the Trainer then clips (``max_grad_norm``), steps and schedules as usual.
-So ``gradient_accumulation_steps=n`` with batch b takes the same steps as one batch n x b
-(the accumulation contract of ``docs/api.md``). The weights and coefficients of the last
-step are added to the Trainer's logs (``mograd/w_0``, ``mograd/c_0``, ...).
-
-:class:`IBTrainer` applies it to a variational information bottleneck on top of a tiny
-BERT encoder built from a config (random weights, no download): the losses are prediction
-(cross-entropy) and compression (KL to N(0, I)), the two objectives of MIB
-(``docs/derivation.md``).
+:class:`mograd.integrations.transformers.MOTrainer` does the work (the Trainer's optimizer
+wrapped in ``MOWrapper``, gradient accumulation that solves once per step, the weights in
+the Trainer's logs; ``docs/integrations/transformers.md``). ``IBTrainer`` below only says
+what the losses are: a variational information bottleneck on top of a tiny BERT encoder
+built from a config (random weights, no download), trained on prediction (cross-entropy)
+and compression (KL to N(0, I)), the two objectives of MIB (``docs/derivation.md``).
 
     python examples/hf_trainer.py --steps 20 --grad-accum 2
-
-Notes: ``fp16=True`` (a ``GradScaler``) works through ``accumulate(..., grad_scaler=...)``;
-under ``torch.distributed`` (``accelerate launch``/``torchrun``) mograd all-reduces the
-per-loss gradients itself when it solves; DeepSpeed and FSDP, which own the backward pass,
-are not supported.
 """
 
 from __future__ import annotations
@@ -35,85 +22,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-import mograd
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here is downloaded
 
-from transformers import BertConfig, BertModel, Trainer, TrainingArguments
+from transformers import BertConfig, BertModel, TrainingArguments
 
-
-def _unwrap(optimizer: Any) -> mograd.MultiObjectiveOptimizer:
-    """The MOWrapper inside the Trainer's optimizer (accelerate wraps it once more)."""
-    opt = optimizer
-    while opt is not None and not isinstance(opt, mograd.MultiObjectiveOptimizer):
-        opt = getattr(opt, "optimizer", None)
-    if opt is None:
-        raise TypeError("the Trainer's optimizer is not a mograd.MOWrapper")
-    return opt
-
-
-class MOTrainer(Trainer):
-    """A ``Trainer`` whose ``compute_loss`` returns k losses, combined by mograd each step.
-
-    Args:
-        *args: As for ``transformers.Trainer``.
-        mograd_options: Keyword arguments for :class:`mograd.MOWrapper` (``weights=``,
-            ``power=``, ``mu=``, ``normalize=``, ...).
-        **kwargs: As for ``transformers.Trainer``.
-    """
-
-    def __init__(self, *args: Any, mograd_options: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.mograd_options = dict(mograd_options or {})
-        self.last_info: mograd.StepInfo | None = None
-
-    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        opt = super().create_optimizer(model)
-        if not isinstance(opt, mograd.MultiObjectiveOptimizer):
-            self.optimizer = mograd.MOWrapper(opt, **self.mograd_options)
-        return self.optimizer
-
-    def compute_loss(  # type: ignore[override]
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> list[torch.Tensor]:
-        """Return the k losses of one micro-batch (each a mean over its samples).
-
-        The Trainer's evaluation calls it with ``return_outputs=True`` and expects
-        ``(scalar loss, outputs)`` there, as usual (e.g. the sum of the k losses).
-        """
-        raise NotImplementedError
-
-    def training_step(
-        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
-    ) -> torch.Tensor:
-        model.train()
-        inputs = self._prepare_inputs(inputs)
-        with self.compute_loss_context_manager():
-            losses = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        if isinstance(losses, torch.Tensor):
-            losses = [losses]
-        n = self.current_gradient_accumulation_steps
-        wrapper = _unwrap(self.optimizer)
-        scaler = getattr(self.accelerator, "scaler", None)
-        with torch.autocast(self.args.device.type, enabled=False):
-            wrapper.accumulate([loss / n for loss in losses], grad_scaler=scaler)
-            if self.accelerator.sync_gradients:  # last micro-batch: solve once, write .grad
-                self.last_info = wrapper.backward()
-        # what the Trainer reports as "loss": the plain sum of the k losses
-        return torch.stack([loss.detach().float() for loss in losses]).sum() / n
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        info = self.last_info
-        if info is not None and "loss" in logs:
-            for i, (w, c) in enumerate(zip(info.weights.tolist(), info.coefficients.tolist())):
-                logs[f"mograd/w_{i}"] = w
-                logs[f"mograd/c_{i}"] = c
-        super().log(logs, start_time)
+from mograd.integrations.transformers import MOTrainer
 
 
 class VIBClassifier(nn.Module):
@@ -142,6 +55,9 @@ class VIBClassifier(nn.Module):
 
 class IBTrainer(MOTrainer):
     """MOTrainer for :class:`VIBClassifier`: losses [cross-entropy, KL]."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, loss_names=("pred", "info"), **kwargs)
 
     def compute_loss(  # type: ignore[override]
         self,
@@ -245,12 +161,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     args = parser.parse_args(argv)
     trainer, _ = train(args.output_dir, steps=args.steps, batch=args.batch,
                        grad_accum=args.grad_accum)
-    logs = [entry for entry in trainer.state.log_history if "mograd/w_0" in entry]
+    logs = [entry for entry in trainer.state.log_history if "mograd/w_pred" in entry]
     for entry in logs:
         print(
             f"step {entry['step']:3d}  loss {entry['loss']:.3f}  weights (pred, info) = "
-            f"({entry['mograd/w_0']:.3f}, {entry['mograd/w_1']:.3f})  coefficients = "
-            f"({entry['mograd/c_0']:.3f}, {entry['mograd/c_1']:.3f})"
+            f"({entry['mograd/w_pred']:.3f}, {entry['mograd/w_info']:.3f})  coefficients = "
+            f"({entry['mograd/c_pred']:.3f}, {entry['mograd/c_info']:.3f})"
         )
     return logs
 

@@ -9,31 +9,11 @@ step (MIB; the math is in ``docs/derivation.md``).
     python examples/lightning_ib.py --steps 200 --precision bf16-mixed
     python examples/lightning_ib.py --steps 50 --devices 2 --strategy ddp   # 2 CPU processes
 
-Recipe: **manual optimization** (``self.automatic_optimization = False``) and one call of
-:func:`mograd_step` in ``training_step``. Why manual: Lightning's automatic loop calls
-``loss.backward()`` on the one loss that ``training_step`` returns, which is exactly what a
-multi-objective step must not do; mograd needs all k losses, does the k backward passes
-itself and writes the combined gradient. :func:`mograd_step` still steps through
-``self.optimizers()`` (Lightning's optimizer wrapper), so that the trainer counts the step
-(``max_steps``, ``global_step``, LR schedulers, logging intervals) and the precision plugin
-and strategy see it:
-
-* plain and ``bf16-mixed`` precision: ``opt.step(closure=...)``; Lightning's precision plugin
-  hands the closure to ``MOWrapper.step``, which runs the multi-objective backward on the
-  losses the closure returns;
-* ``16-mixed`` (a ``GradScaler``; GPU only, so not covered by the CPU tests):
-  ``MOWrapper.backward(losses, grad_scaler=...)`` first, then ``opt.step()``, which unscales
-  and lets the scaler step (or skip) as usual;
-* the optimizer step runs with autocast disabled, so that the Gram matrix and the weights are
-  computed in the parameters' precision, not in bfloat16;
-* ``strategy="ddp"``: nothing to add. Lightning wraps the model in DDP, but the per-loss
-  gradients come from ``torch.autograd.grad``, which DDP's hooks do not see; mograd averages
-  them over the process group itself (one all-reduce of k x P values per step), so every rank
-  takes the same step as one process on the whole batch.
-
-Caveat: with a closure, Lightning's ``on_before_optimizer_step`` hooks run after the losses
-are computed but before mograd writes ``.grad`` (gradient-norm callbacks see no gradient):
-log from the :class:`mograd.StepInfo` instead, as this module does.
+The recipe is :class:`mograd.integrations.lightning.MOLightningModule` (manual
+optimization, one ``mograd_step`` per batch, the weights logged): ``LitIB`` below only
+says what its losses are (``compute_losses``) and which optimizer to wrap. Why manual
+optimization, and what it means for precision plugins, DDP and callbacks:
+``docs/integrations/lightning.md``.
 
 ``--fixed-noise`` draws the bottleneck noise once per training sample (the data set then
 holds ``(x, y, eps)``) instead of at every forward pass, so that runs with different
@@ -53,6 +33,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import mograd
+from mograd.integrations.lightning import MOLightningModule
 
 
 class TinyVIB(nn.Module):
@@ -88,61 +69,21 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def mograd_step(module: L.LightningModule, losses: Sequence[torch.Tensor]) -> mograd.StepInfo:
-    """One multi-objective optimizer step from inside ``training_step`` (manual optimization).
+class LitIB(MOLightningModule):
+    """TinyVIB trained with MOWrapper(Adam) on (cross-entropy, KL), logged as pred and info."""
 
-    Zeroes the gradients, lets ``MOWrapper`` combine the per-loss gradients, and steps
-    through Lightning's optimizer wrapper so that the trainer, its precision plugin and its
-    strategy see the step. Returns the step's :class:`mograd.StepInfo`.
-    """
-    opt = module.optimizers()
-    assert not isinstance(opt, list), "mograd_step expects one optimizer"
-    wrapper = opt.optimizer
-    if not isinstance(wrapper, mograd.MultiObjectiveOptimizer):
-        raise TypeError("configure_optimizers must return a mograd.MOWrapper")
-    scaler = getattr(module.trainer.precision_plugin, "scaler", None)
-    losses = list(losses)
-    with torch.autocast(module.device.type, enabled=False):
-        opt.zero_grad()
-        if scaler is None:
-            opt.step(closure=lambda: losses)
-        else:  # 16-mixed: scaled backward; the plugin unscales, then the scaler steps
-            wrapper.backward(losses, grad_scaler=scaler)
-            opt.step()
-    info = wrapper.last_info
-    assert info is not None
-    return info
-
-
-class LitIB(L.LightningModule):
-    """TinyVIB trained with MOWrapper(Adam) on (cross-entropy, KL)."""
+    loss_names = ("pred", "info")
 
     def __init__(self, lr: float = 1e-3, d_in: int = 20, n_classes: int = 4) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.automatic_optimization = False  # mograd does the backward: see mograd_step
         self.model = TinyVIB(d_in=d_in, n_classes=n_classes)
 
     def configure_optimizers(self) -> mograd.MOWrapper:
         return mograd.MOWrapper(torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr))
 
-    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        losses = ib_losses(self.model, batch)
-        info = mograd_step(self, losses)
-        self.log_dict(
-            {
-                "ce": info.losses[0],
-                "kl": info.losses[1],
-                "w_pred": info.weights[0],
-                "w_info": info.weights[1],
-                "c_pred": info.coefficients[0],
-                "c_info": info.coefficients[1],
-            },
-            on_step=True,
-            on_epoch=False,
-            prog_bar=False,
-            batch_size=batch[0].shape[0],
-        )
+    def compute_losses(self, batch: Sequence[torch.Tensor], batch_idx: int) -> list[torch.Tensor]:
+        return ib_losses(self.model, batch)
 
 
 def make_data(n: int = 512, seed: int = 0, fixed_noise: bool = False) -> TensorDataset:
@@ -218,10 +159,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         use_distributed_sampler=False,  # ClustersData shards the data itself
     )
     trainer.fit(module, datamodule=datamodule)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {k.removeprefix("mograd/"): float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
         print(
-            f"{trainer.global_step} steps  CE {metrics['ce']:.3f}  KL {metrics['kl']:.2f}  "
+            f"{trainer.global_step} steps  CE {metrics['loss_pred']:.3f}  "
+            f"KL {metrics['loss_info']:.2f}  "
             f"weights (pred, info) = ({metrics['w_pred']:.3f}, {metrics['w_info']:.3f})  "
             f"coefficients = ({metrics['c_pred']:.3f}, {metrics['c_info']:.3f})"
         )

@@ -18,6 +18,7 @@ from .optimizer import MOWrapper, MultiObjectiveOptimizer, NonFiniteError, StepI
 from .solver import MinNormResult, min_norm_solve, min_norm_weights
 from .weighting import reweight, smooth_coefficients, smooth_ib_loss
 
+# The one place the version is written: pyproject.toml reads it (setuptools' dynamic version).
 __version__ = "0.1.0"
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Pareto-front utilities: dominance filtering, 2-D hypervolume, IGD and front tracing.
+r"""Pareto-front utilities: dominance filtering, 2-D hypervolume, IGD and front tracing.
 
 Front tracing (:func:`trace_front`) trains once per configuration; with ``rays=`` each
 configuration is a preference ray (:func:`preference_rays`) and the front records how far each
@@ -6,7 +6,7 @@ final point is from its ray (:func:`ray_angles`). See ``docs/pareto.md`` and
 ``docs/multi_fashion.md``.
 
 All objectives are **minimized**. To use an objective that should be maximized (for example the
-information-plane term I(Z;Y)), pass its negative.
+information-plane term $I(Z;Y)$), pass its negative.
 
 Inputs may be ``numpy`` arrays, ``torch`` tensors (any device, any float dtype) or nested lists;
 they are converted to ``float64`` numpy arrays. Results are numpy arrays or Python floats.
@@ -114,12 +114,12 @@ def _non_dominated_2d(p: np.ndarray) -> np.ndarray:
 
 
 def non_dominated(points: ArrayLike) -> np.ndarray:
-    """Marks the points that no other point Pareto-dominates (minimization).
+    r"""Marks the points that no other point Pareto-dominates (minimization).
 
-    Point ``q`` dominates ``p`` when ``q <= p`` in every objective and ``q < p`` in at least
+    Point $q$ dominates $p$ when $q \le p$ in every objective and $q < p$ in at least
     one. Identical points do not dominate each other, so duplicates of a non-dominated point are
-    all kept. Works for any number of objectives: O(n log n) for two objectives, O(n^2 m)
-    (in chunks of 1024 rows) otherwise.
+    all kept. Works for any number of objectives: $O(n \log n)$ for two objectives,
+    $O(n^2 m)$ (in chunks of 1024 rows) otherwise.
 
     Args:
         points: Objective values, shape ``(n_points, n_objectives)``; finite.
@@ -149,11 +149,12 @@ def non_dominated(points: ArrayLike) -> np.ndarray:
 
 
 def hypervolume(points: ArrayLike, ref: ArrayLike, *, strict: bool = False) -> float:
-    """Exact hypervolume of a two-objective point set with respect to a reference point.
+    r"""Exact hypervolume of a two-objective point set with respect to a reference point.
 
-    The hypervolume is the area of the union of the boxes ``[p1, ref1] x [p2, ref2]`` over the
-    points ``p`` (minimization): the larger, the better the set covers the front. Points that do
-    not strictly dominate ``ref`` (some coordinate ``>= ref``) span an empty box and add nothing,
+    The hypervolume is the area of the union of the boxes $[p_1, r_1] \times [p_2, r_2]$ over
+    the points $p$, with $r$ = ``ref`` (minimization): the larger, the better the set covers
+    the front. Points that do not strictly dominate ``ref`` (some coordinate $\ge r$) span an
+    empty box and add nothing,
     unless ``strict=True``, which rejects them. Dominated points and duplicates are allowed.
 
     Args:
@@ -192,14 +193,15 @@ def hypervolume(points: ArrayLike, ref: ArrayLike, *, strict: bool = False) -> f
 
 
 def igd(points: ArrayLike, front: ArrayLike) -> float:
-    """Inverted generational distance: mean distance from each true-front point to the set.
+    r"""Inverted generational distance: mean distance from each true-front point to the set.
 
     Args:
         points: The approximation set, shape ``(n_points, m)``; at least one point.
         front: Dense samples of the true front, shape ``(n_front, m)``; at least one point.
 
     Returns:
-        ``mean_j min_i ||front_j - points_i||_2``; 0 means every front sample is matched exactly.
+        $\frac{1}{n_f} \sum_j \min_i \lVert f_j - p_i \rVert_2$ over the front samples $f_j$
+        and the points $p_i$; 0 means every front sample is matched exactly.
 
     Raises:
         ValueError: On wrong shapes, mismatched objective counts, empty sets or non-finite values.
@@ -224,12 +226,12 @@ _RAY_TARGETS = ("inverse", "direct")
 
 
 def preference_rays(n: int, *, endpoints: bool = False) -> np.ndarray:
-    """``n`` unit preference rays for two objectives, evenly spaced in angle.
+    r"""``n`` unit preference rays for two objectives, evenly spaced in angle.
 
-    Ray ``i`` is ``(cos t_i, sin t_i)``. By default the angles are the midpoints
-    ``t_i = (i + 1/2) (pi/2) / n``, so every ray weighs both objectives (a linear scalarization
-    on an end ray would ignore one objective); ``endpoints=True`` gives
-    ``t_i = i (pi/2) / (n - 1)``, the evenly distributed preference vectors of Pareto MTL
+    Ray $i$ is $(\cos t_i, \sin t_i)$. By default the angles are the midpoints
+    $t_i = (i + \frac12) \frac{\pi}{2 n}$, so every ray weighs both objectives (a linear
+    scalarization on an end ray would ignore one objective); ``endpoints=True`` gives
+    $t_i = i \frac{\pi}{2 (n - 1)}$, the evenly distributed preference vectors of Pareto MTL
     (Lin et al., NeurIPS 2019), end rays included. Component ``j`` of a ray is how much
     objective ``j`` matters.
 
@@ -276,17 +278,17 @@ def _as_rays(rays: Any, m: int | None = None, n: int | None = None) -> np.ndarra
 
 
 def ray_angles(points: ArrayLike, rays: ArrayLike, *, target: str = "inverse") -> np.ndarray:
-    """Angle (degrees) between each objective vector and the direction its ray asks for.
+    r"""Angle (degrees) between each objective vector and the direction its ray asks for.
 
-    A preference ray ``r`` says how much each objective matters. Two conventions name the
+    A preference ray $r$ says how much each objective matters. Two conventions name the
     point of the front "in that direction":
 
     - ``"inverse"`` (default): the exact-Pareto-optimal point of EPO (Mahapatra & Rajan,
-      ICML 2020), where ``r_1 f_1 = r_2 f_2 = ...``, i.e. ``f`` is parallel to
-      ``(1/r_1, ..., 1/r_m)``: the objective that matters more ends lower. Rays must be
+      ICML 2020), where $r_1 f_1 = r_2 f_2 = \dots$, i.e. $f$ is parallel to
+      $(1/r_1, \dots, 1/r_m)$: the objective that matters more ends lower. Rays must be
       positive.
-    - ``"direct"``: ``f`` parallel to ``r`` (the sub-region of Pareto MTL, Lin et al.
-      NeurIPS 2019, is the cone of loss vectors closest in angle to ``r``).
+    - ``"direct"``: $f$ parallel to $r$ (the sub-region of Pareto MTL, Lin et al.
+      NeurIPS 2019, is the cone of loss vectors closest in angle to $r$).
 
     The angle is only meaningful for non-negative objectives (losses, error rates), measured
     from the origin.
@@ -460,7 +462,7 @@ def trace_front(
     dicts holding the ray and more settings) those are passed instead. The returned front then
     has ``rays`` and ``angles``: how far, in degrees, each final point is from the direction
     its ray asks for (:func:`ray_angles`; ``ray_target`` picks EPO's ``"inverse"`` convention,
-    ``r_i f_i`` equal, or ``"direct"``, ``f`` parallel to ``r``; NaN for a point with a negative
+    $r_i f_i$ equal, or ``"direct"``, $f$ parallel to $r$; NaN for a point with a negative
     objective, where no angle is defined).
 
     Args:
@@ -488,7 +490,7 @@ def trace_front(
             (the message names the configuration).
 
     Example:
-        Trace the front of ``f1 = x^2, f2 = (x - 2)^2`` by sweeping a linear weight:
+        Trace the front of $f_1 = x^2$, $f_2 = (x - 2)^2$ by sweeping a linear weight:
 
         >>> import torch
         >>> from mograd.pareto import trace_front

@@ -1,23 +1,24 @@
-"""Min-norm point of the convex hull of k gradients, from their k x k Gram matrix.
+r"""Min-norm point of the convex hull of k gradients, from their k x k Gram matrix.
 
 This module is the first of mograd's three layers: a pure solver. It sees only the Gram
-matrix ``G = J J^T`` of the per-loss gradients and returns the weights
-``w* = argmin_{w in simplex} w^T G w`` (paper eq. 8). It never touches
-parameters or autograd.
+matrix $G = J J^\top$ of the per-loss gradients and returns the weights
+$w^* = \arg\min_{w \in \Delta} w^\top G w$ over the simplex $\Delta$ (paper eq. 8). It never
+touches parameters or autograd.
 
-* ``k = 1``: ``w* = [1]``.
-* ``k = 2``: the closed form ``w_1 = clamp((G22 - G12) / (G11 + G22 - 2 G12), 0, 1)``,
+* $k = 1$: $w^* = [1]$.
+* $k = 2$: the closed form
+  $w_1 = \operatorname{clamp}\big((G_{22} - G_{12}) / (G_{11} + G_{22} - 2 G_{12}), 0, 1\big)$,
   computed with tensor operations only, so it runs on the Gram matrix's device without any
   device-to-host synchronization.
-* ``k >= 3``: Frank-Wolfe on the simplex (paper eqs. 9-10) in its fully-corrective variant
+* $k \ge 3$: Frank-Wolfe on the simplex (paper eqs. 9-10) in its fully-corrective variant
   (Wolfe's min-norm-point method): the Frank-Wolfe vertex is added to the active set and the
   step of eq. 11 is replaced by the exact minimizer over that set's convex hull. Started from
-  the best pair, stopped on the Frank-Wolfe duality gap relative to the scale of ``G`` or
+  the best pair, stopped on the Frank-Wolfe duality gap relative to the scale of $G$ or
   after ``max_iter`` iterations. It runs in float64 on the host: the matrix is tiny.
 
 Accuracy (measured by ``tests/unit/test_solver.py``): relative objective gap
-``(f(w) - f*) / max_i G_ii`` at most ``1e-6`` in float64 for k <= 8, and at most ``1e-4`` for
-float32 input with ``k = 2`` (the closed form runs in the input's precision there).
+$(f(w) - f^*) / \max_i G_{ii}$ at most ``1e-6`` in float64 for $k \le 8$, and at most ``1e-4``
+for float32 input with $k = 2$ (the closed form runs in the input's precision there).
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ DEFAULT_TOL = 1e-10
 
 
 class MinNormResult(NamedTuple):
-    """Result of :func:`min_norm_solve`.
+    r"""Result of :func:`min_norm_solve`.
 
     Attributes:
         weights: The min-norm weights, shape ``(k,)``, on the simplex, on the Gram matrix's
             device and dtype.
-        iterations: Frank-Wolfe iterations run (``0`` for ``k = 1``, ``1`` for the closed
-            form of ``k = 2``).
-        gap: Frank-Wolfe duality gap ``w^T G w - min_j (G w)_j`` at the returned point,
-            relative to ``max_i G_ii`` (``0.0`` where it was not computed on the host, i.e.
-            ``k <= 2``).
+        iterations: Frank-Wolfe iterations run (``0`` for $k = 1$, ``1`` for the closed
+            form of $k = 2$).
+        gap: Frank-Wolfe duality gap $w^\top G w - \min_j (G w)_j$ at the returned point,
+            relative to $\max_i G_{ii}$ (``0.0`` where it was not computed on the host, i.e.
+            $k \le 2$).
     """
 
     weights: torch.Tensor
@@ -176,13 +177,13 @@ def min_norm_solve(
     tol: float = DEFAULT_TOL,
     validate: bool = True,
 ) -> MinNormResult:
-    """Solve ``min_{w in simplex} w^T G w`` and report the solver's work.
+    r"""Solve $\min_{w \in \Delta} w^\top G w$ and report the solver's work.
 
     Args:
-        gram: Symmetric positive semi-definite ``(k, k)`` Gram matrix ``G = J J^T``.
-        max_iter: Iteration cap of Frank-Wolfe (``k >= 3``); the loop never runs longer.
-        tol: Stop when the duality gap ``w^T G w - min_j (G w)_j`` is at most
-            ``tol * max_i G_ii``.
+        gram: Symmetric positive semi-definite ``(k, k)`` Gram matrix $G = J J^\top$.
+        max_iter: Iteration cap of Frank-Wolfe ($k \ge 3$); the loop never runs longer.
+        tol: Stop when the duality gap $w^\top G w - \min_j (G w)_j$ is at most
+            ``tol`` $\cdot \max_i G_{ii}$.
         validate: Check shape, dtype and finiteness first (one host synchronization).
             mograd's optimizer passes ``False`` on its hot path.
 
@@ -218,14 +219,15 @@ def min_norm_solve(
 def min_norm_weights(
     gram: torch.Tensor, *, max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL
 ) -> torch.Tensor:
-    """Min-norm weights of the convex hull of k gradients (paper eq. 8).
+    r"""Min-norm weights of the convex hull of k gradients (paper eq. 8).
 
-    ``w* = argmin_{w >= 0, sum(w) = 1} || sum_i w_i g_i ||^2 = argmin w^T G w``.
+    $w^* = \arg\min_{w \ge 0,\, \sum_i w_i = 1} \lVert \sum_i w_i g_i \rVert^2
+    = \arg\min_w w^\top G w$.
 
     Args:
         gram: Symmetric positive semi-definite ``(k, k)`` Gram matrix of the gradients.
-        max_iter: Frank-Wolfe iteration cap (used for ``k >= 3``).
-        tol: Duality-gap tolerance relative to ``max_i G_ii`` (used for ``k >= 3``).
+        max_iter: Frank-Wolfe iteration cap (used for $k \ge 3$).
+        tol: Duality-gap tolerance relative to $\max_i G_{ii}$ (used for $k \ge 3$).
 
     Returns:
         Weights of shape ``(k,)`` on the simplex, finite, on ``gram``'s device and dtype.

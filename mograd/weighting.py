@@ -1,16 +1,17 @@
-"""Pure weighting functions: nonlinear reweighting and Smooth-IB coefficients.
+r"""Pure weighting functions: nonlinear reweighting and Smooth-IB coefficients.
 
 The second of mograd's three layers. Each function maps tensors to tensors, with no
 parameters, no autograd and no host synchronization:
 
-* :func:`reweight` is paper eq. 12: ``w~_i = (w*_i) ** p``. The paper writes
-  ``p = 1 + sqrt(sqrted)`` for a boolean ``sqrted``; ``p = 2`` is MIB's default and ``p = 1``
-  leaves the min-norm weights as they are (MGDA).
-* :func:`smooth_coefficients` is paper eqs. 13-14: with ``x_i = w~_i L_i`` held
+* :func:`reweight` is paper eq. 12: $\tilde w_i = (w^*_i)^p$. The paper writes
+  $p = 1 + \sqrt{\text{sqrted}}$ for a boolean ``sqrted``; $p = 2$ is MIB's default and
+  $p = 1$ leaves the min-norm weights as they are (MGDA).
+* :func:`smooth_coefficients` is paper eqs. 13-14: with $x_i = \tilde w_i L_i$ held
   as constants in the weights, the gradient of
-  ``L_smooth = sum_i x_i + mu * log sum_i exp((x_i - min_j x_j) / mu) + min_j x_j`` is
-  ``sum_i c_i grad L_i`` with ``c_i = w~_i (1 + softmax(x / mu)_i)``. With ``mu=None`` there
-  is no smoothing and ``c = w~``.
+  $L_{\text{smooth}} = \sum_i x_i + \mu \log \sum_i \exp\big((x_i - m) / \mu\big) + m$,
+  $m = \min_j x_j$, is $\sum_i c_i \nabla L_i$ with
+  $c_i = \tilde w_i \big(1 + \operatorname{softmax}(x / \mu)_i\big)$. With ``mu=None`` there
+  is no smoothing and $c = \tilde w$.
 * :func:`smooth_ib_loss` is the literal loss of eq. 13, for readers and tests.
 
 See ``docs/derivation.md`` for the derivation of the coefficient form.
@@ -24,11 +25,11 @@ __all__ = ["reweight", "smooth_coefficients", "smooth_ib_loss"]
 
 
 def reweight(weights: torch.Tensor, power: float = 2.0) -> torch.Tensor:
-    """Nonlinear reweighting ``w~ = w ** power`` (paper eq. 12).
+    r"""Nonlinear reweighting $\tilde w = w^p$, $p$ = ``power`` (paper eq. 12).
 
     Args:
         weights: Non-negative weights, shape ``(k,)``.
-        power: Exponent ``p > 0``; ``2.0`` is the paper's ``sqrted=True`` (MIB default),
+        power: Exponent $p > 0$; ``2.0`` is the paper's ``sqrted=True`` (MIB default),
             ``1.0`` returns the weights unchanged.
 
     Returns:
@@ -50,18 +51,18 @@ def reweight(weights: torch.Tensor, power: float = 2.0) -> torch.Tensor:
 def smooth_coefficients(
     reweighted: torch.Tensor, losses: torch.Tensor, mu: float | None = 0.2
 ) -> torch.Tensor:
-    """Per-loss gradient coefficients of the Smooth-IB aggregation (paper eqs. 13-14).
+    r"""Per-loss gradient coefficients of the Smooth-IB aggregation (paper eqs. 13-14).
 
-    ``c_i = w~_i (1 + a_i)`` with ``a = softmax(w~ * L / mu)``; ``c = w~`` when ``mu`` is
-    ``None``. The combined gradient is ``sum_i c_i grad L_i``.
+    $c_i = \tilde w_i (1 + a_i)$ with $a = \operatorname{softmax}(\tilde w \odot L / \mu)$;
+    $c = \tilde w$ when ``mu`` is ``None``. The combined gradient is $\sum_i c_i \nabla L_i$.
 
     Args:
-        reweighted: The reweighted weights ``w~``, shape ``(k,)``.
-        losses: The loss values ``L`` (detached), shape ``(k,)``.
-        mu: Temperature ``mu > 0`` (paper default ``0.2``), or ``None`` for no smoothing.
+        reweighted: The reweighted weights $\tilde w$, shape ``(k,)``.
+        losses: The loss values $L$ (detached), shape ``(k,)``.
+        mu: Temperature $\mu > 0$ (paper default ``0.2``), or ``None`` for no smoothing.
 
     Returns:
-        The coefficients ``c``, shape ``(k,)``.
+        The coefficients $c$, shape ``(k,)``.
 
     Example:
         >>> import torch
@@ -85,15 +86,16 @@ def smooth_coefficients(
 
 
 def smooth_ib_loss(reweighted: torch.Tensor, losses: torch.Tensor, mu: float = 0.2) -> torch.Tensor:
-    """The Smooth-IB loss of paper eq. 13, literally, with the weights held constant.
+    r"""The Smooth-IB loss of paper eq. 13, literally, with the weights held constant.
 
-    ``sum_i x_i + mu * log sum_i exp((x_i - min_j x_j) / mu) + min_j x_j``, ``x = w~ * L``.
-    Its gradient with respect to ``losses`` equals :func:`smooth_coefficients`.
+    $\sum_i x_i + \mu \log \sum_i \exp\big((x_i - \min_j x_j) / \mu\big) + \min_j x_j$ with
+    $x = \tilde w \odot L$. Its gradient with respect to ``losses`` equals
+    :func:`smooth_coefficients`.
 
     Args:
-        reweighted: The reweighted weights ``w~`` (treated as constants), shape ``(k,)``.
-        losses: The losses ``L``, shape ``(k,)``; may require grad.
-        mu: Temperature ``mu > 0``.
+        reweighted: The reweighted weights $\tilde w$ (treated as constants), shape ``(k,)``.
+        losses: The losses $L$, shape ``(k,)``; may require grad.
+        mu: Temperature $\mu > 0$.
 
     Returns:
         A scalar tensor.

@@ -8,6 +8,12 @@
 * :class:`GoogleExampleSections`, a griffe extension for mkdocstrings: mograd's docstrings
   title their doctests ``Example:``, which Google style allows; griffe only recognizes
   ``Examples:``, so the section is renamed before parsing and rendered as code.
+* KaTeX, served from the site itself: the pages (and the docstrings on the reference page)
+  write math as ``$...$`` inline and ``$$...$$`` on lines of their own; ``pymdownx.arithmatex``
+  (generic mode) wraps it in ``.arithmatex`` elements, and KaTeX's auto-render draws it in
+  the browser. The KaTeX release :data:`KATEX_VERSION` is fetched once from the npm registry
+  (``npm pack``) into ``build/`` and copied into the site under ``assets/katex/``, with the
+  script that starts it; no page loads anything from another host.
 """
 
 from __future__ import annotations
@@ -15,9 +21,14 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
 from typing import Any
 
 import griffe
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,3 +85,65 @@ class GoogleExampleSections(griffe.Extension):
         doc = obj.docstring
         if doc is not None and "Example:" in doc.value:
             doc.value = EXAMPLE.sub(r"\1Examples:", doc.value)
+
+
+KATEX_VERSION = "0.16.47"
+KATEX_CACHE = os.path.join(ROOT, "build", f"katex-{KATEX_VERSION}")
+KATEX_SITE_DIR = "assets/katex"
+# mkdocs.yml's extra_javascript loads katex.min.js, contrib/auto-render.min.js, then this
+KATEX_START = """\
+// Render every math element that pymdownx.arithmatex (generic mode) wrote: \\(...\\) inline,
+// \\[...\\] display. A formula KaTeX cannot parse is shown in red (.katex-error).
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll(".arithmatex").forEach(function (el) {
+    renderMathInElement(el, {
+      delimiters: [
+        {left: "\\\\(", right: "\\\\)", display: false},
+        {left: "\\\\[", right: "\\\\]", display: true},
+      ],
+      throwOnError: false,
+    });
+  });
+});
+"""
+
+
+def _katex_dist() -> str:
+    """KaTeX's ``dist/`` folder, fetched with ``npm pack`` into ``build/`` the first time."""
+    dist = os.path.join(KATEX_CACHE, "package", "dist")
+    if os.path.isfile(os.path.join(dist, "katex.min.js")):
+        return dist
+    npm = shutil.which("npm")
+    if npm is None:
+        raise PluginError(
+            f"the site's math needs KaTeX {KATEX_VERSION}: install npm (Node.js) so that the "
+            f"build can run `npm pack katex@{KATEX_VERSION}`, or unpack that tarball into "
+            f"{KATEX_CACHE}"
+        )
+    os.makedirs(os.path.dirname(KATEX_CACHE), exist_ok=True)
+    unpacked = f"{KATEX_CACHE}.part{os.getpid()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [npm, "pack", f"katex@{KATEX_VERSION}", "--pack-destination", tmp, "--silent"],
+            check=True, cwd=tmp, stdout=subprocess.DEVNULL,
+        )
+        (tarball,) = (os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tgz"))
+        with tarfile.open(tarball) as tar:
+            tar.extractall(unpacked, filter="data")
+    try:
+        os.rename(unpacked, KATEX_CACHE)
+    except OSError:  # another build got there first
+        shutil.rmtree(unpacked)
+    return dist
+
+
+def on_post_build(config: Any) -> None:
+    """Copy KaTeX (script, auto-render, stylesheet, fonts) and its start script into the site."""
+    dist = _katex_dist()
+    out = os.path.join(config["site_dir"], *KATEX_SITE_DIR.split("/"))
+    os.makedirs(os.path.join(out, "contrib"), exist_ok=True)
+    for name in ("katex.min.js", "katex.min.css", os.path.join("contrib", "auto-render.min.js")):
+        shutil.copyfile(os.path.join(dist, name), os.path.join(out, name))
+    shutil.copytree(os.path.join(dist, "fonts"), os.path.join(out, "fonts"), dirs_exist_ok=True)
+    with open(os.path.join(out, "start.js"), "w", encoding="utf-8") as fh:
+        fh.write(KATEX_START)

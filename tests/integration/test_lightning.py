@@ -1,9 +1,13 @@
-"""examples/lightning_ib.py runs under PyTorch Lightning and takes mograd's exact steps.
+"""mograd.integrations.lightning runs under PyTorch Lightning and takes mograd's exact steps.
 
-(a) plain precision: the parameters equal those of a hand-written MOWrapper loop;
+The model and data are those of examples/lightning_ib.py (whose LitIB is a
+MOLightningModule); the recipe under test is the library's.
+(a) plain precision: the parameters equal those of a hand-written MOWrapper loop, both for
+    MOLightningModule and for mograd_step in a plain LightningModule;
 (b) bf16-mixed: equal to the hand-written loop with the forward pass under bfloat16 autocast;
 (c) strategy="ddp", 2 CPU processes (gloo, Lightning's own launcher, in a subprocess):
-    both ranks equal one process on the full batch.
+    both ranks equal one process on the full batch;
+(d) misuse (automatic optimization, an optimizer that is not an MOWrapper) is a clear error.
 """
 
 from __future__ import annotations
@@ -63,15 +67,78 @@ def ex():
     return load_example()
 
 
+def fit(module, data, **trainer_args) -> None:
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=STEPS, max_epochs=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, **trainer_args)
+    trainer.fit(module, data)
+
+
 def test_plain_precision_equals_hand_loop(ex, tmp_path) -> None:
     metrics = ex.main(args(tmp_path / "plain.pt"))
     out = torch.load(tmp_path / "plain.pt", weights_only=True)
     assert out["steps"] == STEPS
     for p, q in zip(out["params"], hand_loop(ex)):
         torch.testing.assert_close(p, q, rtol=0, atol=0)  # same ops in the same order
-    # StepInfo was logged, and the weights lie on the simplex
+    # StepInfo was logged (log_step_info, under loss_names), and the weights lie on the simplex
     assert abs(metrics["w_pred"] + metrics["w_info"] - 1.0) < 1e-5
-    assert metrics["c_pred"] > 0 and metrics["kl"] > 0
+    assert metrics["c_pred"] > 0 and metrics["loss_info"] > 0
+
+
+def test_mograd_step_in_a_plain_lightning_module_equals_hand_loop(ex) -> None:
+    """The two-line recipe: automatic_optimization = False and mograd_step(self, losses)."""
+    import lightning as L
+
+    from mograd.integrations.lightning import mograd_step
+
+    class Plain(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.model = ex.TinyVIB()
+            self.infos: list[mograd.StepInfo] = []
+
+        def configure_optimizers(self):
+            return mograd.MOWrapper(torch.optim.Adam(self.model.parameters(), lr=LR))
+
+        def training_step(self, batch, batch_idx):
+            self.infos.append(mograd_step(self, ex.ib_losses(self.model, batch)))
+
+    torch.manual_seed(0)
+    module = Plain()
+    data = ex.ClustersData(ex.make_data(n=STEPS * BATCH, seed=1, fixed_noise=True), BATCH)
+    fit(module, data, use_distributed_sampler=False)
+    assert len(module.infos) == STEPS and module.infos[-1].weights.shape == (2,)
+    for p, q in zip(module.model.parameters(), hand_loop(ex)):
+        torch.testing.assert_close(p.detach(), q, rtol=0, atol=0)
+
+
+def test_misuse_is_a_clear_error(ex) -> None:
+    from mograd.integrations.lightning import MOLightningModule, log_step_info
+
+    class Automatic(ex.LitIB):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = True
+
+    class NotWrapped(ex.LitIB):
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.model.parameters(), lr=LR)
+
+    data = ex.ClustersData(ex.make_data(n=2 * BATCH, seed=1), BATCH)
+    with pytest.raises(RuntimeError, match="automatic_optimization = False"):
+        fit(Automatic(), data, use_distributed_sampler=False)
+    with pytest.raises(TypeError, match="must return a mograd.MOWrapper, got Adam"):
+        fit(NotWrapped(), data, use_distributed_sampler=False)
+    with pytest.raises(NotImplementedError, match="compute_losses"):
+        MOLightningModule().compute_losses(None, 0)
+    w = torch.ones(2, requires_grad=True)
+    info = mograd.MOWrapper(torch.optim.SGD([w], lr=0.1)).step([w[0] ** 2, (w[1] - 2) ** 2])
+    for names in (("a", "a"), ("a",)):
+        with pytest.raises(ValueError, match="2 distinct names"):
+            log_step_info(ex.LitIB(), info, names=names)
 
 
 def test_bf16_mixed_equals_hand_loop(ex, tmp_path) -> None:

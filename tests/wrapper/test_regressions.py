@@ -8,6 +8,7 @@ matrix) is in the weightings' contract tests. Each docstring cites its item.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -387,6 +388,10 @@ def concave(w: torch.Tensor) -> torch.Tensor:
     return -(w - 3).pow(2).sum()
 
 
+_LBFGS_MAXIMIZES = "maximize" in inspect.signature(torch.optim.LBFGS).parameters
+
+
+@pytest.mark.skipif(not _LBFGS_MAXIMIZES, reason="LBFGS(maximize=...) needs torch >= 2.14")
 @pytest.mark.parametrize("history", [False, True], ids=["first-step", "after-a-step"])
 def test_lbfgs_nonfinite_step_restores_parameters_and_state(history: bool) -> None:
     """Item 13: ``NonFiniteError`` promises "parameters, gradients and optimizer state were
