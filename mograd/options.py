@@ -98,6 +98,11 @@ class Options:
         m = (0.2 if mib else None) if mu is UNSET else mu
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        if normalize in ("l2", "loss+") and not getattr(weighting, "needs_gram", True):
+            raise ValueError(
+                f"normalize={normalize!r} needs the gradient norms, but {weights!r} is a "
+                "loss-level weighting that forms no per-loss gradient: use 'none' or 'loss'"
+            )
         if not isinstance(normalized_update, bool):
             raise ValueError(f"normalized_update must be a bool, got {normalized_update!r}")
         if jacobian not in JACOBIANS:

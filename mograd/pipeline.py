@@ -24,6 +24,7 @@ the same stages, each written once.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -35,7 +36,7 @@ from .info import NonFiniteError, StepInfo
 from .options import Options
 from .sources import Collected, Update
 from .sources.base import all_finite
-from .weightings import Combination, combine
+from .weightings import Combination, Weighting, combine
 
 __all__ = ["Combiner", "run"]
 
@@ -61,7 +62,7 @@ class Combiner:
             return Combination(one, one, one, one, 0)
         o = self.options
         return combine(
-            gram,  # type: ignore[arg-type]
+            gram,
             values,
             o.weighting,
             power=o.power,
@@ -69,6 +70,20 @@ class Combiner:
             normalize=o.normalize,
             normalized_update=o.normalized_update,
         )
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """A copy of a stateful weighting's state (``None`` for stateless ones), so that a
+        step the guard rejects, or recomputes, leaves it as it was."""
+        w = self.options.weighting
+        if not isinstance(w, Weighting) or type(w).state_dict is Weighting.state_dict:
+            return None
+        return copy.deepcopy(w.state_dict())
+
+    def restore(self, saved: dict[str, Any] | None) -> None:
+        """Undo the weighting's state changes since :meth:`snapshot`."""
+        w = self.options.weighting
+        if saved is not None and isinstance(w, Weighting):
+            w.load_state_dict(saved)
 
 
 def _unscale(gram: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor | None:
@@ -86,6 +101,7 @@ def run(col: Collected, combiner: Combiner, policy: str, group: Any) -> StepInfo
             coefficient; nothing is written.
     """
     step = col.step
+    saved = None if policy == "ignore" else combiner.snapshot()
     try:
         if step.distributed:
             col.reduce(group)
@@ -94,6 +110,7 @@ def run(col: Collected, combiner: Combiner, policy: str, group: Any) -> StepInfo
         update = col.prepare(comb.coefficients)
     except BaseException:
         col.discard()
+        combiner.restore(saved)
         raise
     info = StepInfo._of_step(comb, col.values, _unscale(gram, step.scale), col.dtype)
     if policy == "ignore":
@@ -109,7 +126,7 @@ def run(col: Collected, combiner: Combiner, policy: str, group: Any) -> StepInfo
     if bool(ok):
         update.commit()
         return info
-    return _slow_path(col, combiner, policy, group, info, update)
+    return _slow_path(col, combiner, policy, group, info, update, saved)
 
 
 def _slow_path(
@@ -119,12 +136,14 @@ def _slow_path(
     group: Any,
     info: StepInfo,
     update: Update,
+    saved: dict[str, Any] | None,
 ) -> StepInfo:
     """After the cheap check failed: name the problem, or recover from an overflowed ``G``."""
     problem = _diagnose(col, update)
     gram = col.gram()
     if problem is None and gram is not None and not bool(torch.isfinite(gram).all()):
         gram = col.gram(exact=True)  # finite gradients, overflowed Gram matrix: redo it
+        combiner.restore(saved)
         comb = combiner(_unscale(gram, col.step.scale), col.values)
         if not torch.equal(comb.coefficients.to(info.coefficients.dtype), info.coefficients):
             update.rollback()
@@ -141,6 +160,7 @@ def _slow_path(
         return info
     update.rollback()
     col.discard()
+    combiner.restore(saved)
     if policy == "raise":
         raise NonFiniteError(_message(problem, col.values) + _UNTOUCHED)
     info.skipped = True

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._checks import check_gram, check_int
+from ._checks import check_gram, check_int, check_number
 
 __all__ = ["MinNormResult", "min_norm_solve", "min_norm_weights"]
 
@@ -59,8 +59,7 @@ def _validate(gram: torch.Tensor, max_iter: int, tol: float) -> None:
     if not bool(torch.isfinite(gram).all()):
         raise ValueError("gram has non-finite entries (nan or inf)")
     check_int("max_iter", max_iter)
-    if not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite float >= 0, got {tol!r}")
+    check_number("tol", tol, nonnegative=True)
 
 
 def _closed_form_2(gram: torch.Tensor) -> torch.Tensor:

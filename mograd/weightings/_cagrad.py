@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ._base import Weighting
-from ._qp import RIDGE, normalized, solve_qp
+from ._qp import RIDGE, psd_normalized, solve_qp
 from ._util import check_bool, check_number, from_host, nan_weights, to_host
 
 __all__ = ["CAGrad"]
@@ -74,7 +74,7 @@ class CAGrad(Weighting):
         """The CAGrad weights of a float64 Gram matrix (see the class docstring)."""
         k = g.shape[0]
         a = np.full(k, 1.0 / k)
-        gn, tr = normalized(g)
+        gn, tr = psd_normalized(g)
         rho = self.c * math.sqrt(max(float(a @ gn @ a), 0.0))
         if tr == 0.0 or rho == 0.0:
             return a / (1.0 + self.c**2) if self.rescale else a

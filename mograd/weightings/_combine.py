@@ -15,6 +15,10 @@
    the normalized problem applied to the raw gradients).
 
 See ``docs/derivation.md`` for the derivation of step 4.
+
+A loss-level weighting (``weighting.needs_gram`` is ``False``) needs no Gram matrix:
+``combine(None, losses, weighting)`` computes its coefficients from the loss values alone,
+with ``normalize`` ``"none"`` or ``"loss"`` (the other two need the gradient norms).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from ..weighting import reweight, smooth_coefficients
-from ._base import Weighting, check_gram
+from ._base import Weighting, check_gram, check_loss_vector
 from ._min_norm import MinNorm
 
 __all__ = ["NORMALIZATIONS", "Combination", "Normalization", "combine", "normalizers"]
@@ -55,11 +59,12 @@ class Combination(NamedTuple):
     iterations: int
 
 
-def normalizers(gram: torch.Tensor, losses: torch.Tensor, mode: str) -> torch.Tensor:
+def normalizers(gram: torch.Tensor | None, losses: torch.Tensor, mode: str) -> torch.Tensor:
     """Gradient normalizers ``n`` (tensor operations only, no host synchronization).
 
     Args:
-        gram: The ``(k, k)`` Gram matrix of the raw gradients.
+        gram: The ``(k, k)`` Gram matrix of the raw gradients (``None`` only for ``"none"``
+            and ``"loss"``, which do not use it).
         losses: The ``(k,)`` loss values.
         mode: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
 
@@ -75,29 +80,47 @@ def normalizers(gram: torch.Tensor, losses: torch.Tensor, mode: str) -> torch.Te
     """
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
-    k = gram.shape[0]
+    if gram is None and mode not in _LOSS_ONLY:
+        raise ValueError(f"normalize={mode!r} needs the Gram matrix (its diagonal)")
+    dtype, device = _like(gram, losses)
+    k = losses.shape[0]
     if mode == "none":
-        return torch.ones(k, dtype=gram.dtype, device=gram.device)
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    loss_abs = losses.to(gram.dtype).abs()
-    n = {"l2": norms, "loss": loss_abs, "loss+": norms * loss_abs}[mode]
+        return torch.ones(k, dtype=dtype, device=device)
+    loss_abs = losses.to(dtype).abs()
+    if mode == "loss":
+        n = loss_abs
+    else:
+        assert gram is not None
+        norms = gram.diagonal().clamp_min(0).sqrt()
+        n = norms if mode == "l2" else norms * loss_abs
     return torch.where(n > 0, n, torch.ones_like(n))
 
 
+_LOSS_ONLY = ("none", "loss")
+
+
+def _like(gram: torch.Tensor | None, losses: torch.Tensor) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the coefficients: the Gram matrix's, else the losses' (at
+    least float32)."""
+    if gram is not None:
+        return gram.dtype, gram.device
+    dtype = losses.dtype if losses.dtype in (torch.float32, torch.float64) else torch.float32
+    return dtype, losses.device
+
+
 def _solve(
-    weighting: WeightFn, gram: torch.Tensor, losses: torch.Tensor
+    weighting: WeightFn, gram: torch.Tensor | None, losses: torch.Tensor
 ) -> tuple[torch.Tensor, int]:
-    k = gram.shape[0]
+    # Every weighting answers a non-finite input with NaN weights (no raise): the
+    # optimizer's nonfinite= policy decides what happens next.
     if isinstance(weighting, MinNorm):
-        if MinNorm.syncs(k) and not bool(torch.isfinite(gram).all()):
-            # Leave non-finite input to the optimizer's policy instead of raising here.
-            return torch.full((k,), float("nan"), dtype=gram.dtype, device=gram.device), 0
+        assert gram is not None
         res = weighting.solve(gram)
         return res.weights, res.iterations
     if isinstance(weighting, Weighting):
-        if weighting.host_sync and not bool(torch.isfinite(gram).all()):
-            return torch.full((k,), float("nan"), dtype=gram.dtype, device=gram.device), 0
-        return weighting(gram, losses), 0
+        return weighting(gram, losses), 0  # type: ignore[arg-type]
+    assert gram is not None
+    k = gram.shape[0]
     w = weighting(gram)
     if not isinstance(w, torch.Tensor) or tuple(w.shape) != (k,):
         got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
@@ -106,7 +129,7 @@ def _solve(
 
 
 def combine(
-    gram: torch.Tensor,
+    gram: torch.Tensor | None,
     losses: torch.Tensor,
     weighting: WeightFn,
     *,
@@ -118,7 +141,8 @@ def combine(
     """Per-loss coefficients from the Gram matrix and the loss values (the pure step).
 
     Args:
-        gram: ``(k, k)`` Gram matrix of the raw per-loss gradients.
+        gram: ``(k, k)`` Gram matrix of the raw per-loss gradients, or ``None`` for a
+            loss-level weighting (``weighting.needs_gram`` false).
         losses: ``(k,)`` loss values (detached).
         weighting: A :class:`~mograd.weightings.Weighting`, or any callable
             ``gram -> weights`` used as is.
@@ -130,7 +154,12 @@ def combine(
             code): ``c`` on the raw gradients.
 
     Returns:
-        A :class:`Combination`.
+        A :class:`Combination` (on ``gram``'s device and dtype, or the losses' for
+        ``gram=None``).
+
+    Raises:
+        ValueError: If ``gram`` is ``None`` for a weighting that needs it, or with
+            ``normalize`` ``"l2"`` or ``"loss+"``; for a bad ``normalize``.
 
     Example:
         >>> import torch
@@ -138,18 +167,42 @@ def combine(
         >>> G = torch.tensor([[1.0, 0.0], [0.0, 4.0]])
         >>> combine(G, torch.tensor([1.0, 1.0]), MinNorm(), normalize="l2").coefficients
         tensor([0.5000, 0.2500])
+        >>> from mograd.weightings import GLS
+        >>> combine(None, torch.tensor([1.0, 4.0]), GLS()).coefficients
+        tensor([1.0000, 0.2500])
     """
-    check_gram(gram, losses)
+    _check_inputs(gram, losses, weighting, normalize)
+    dtype, device = _like(gram, losses)
     if normalize == "none":
         # Bit-identical to an unnormalized step: no division at all.
-        n = torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        n = torch.ones(losses.shape[0], dtype=dtype, device=device)
         w, iters = _solve(weighting, gram, losses)
         w_tilde = reweight(w, power)
         return Combination(w, w_tilde, smooth_coefficients(w_tilde, losses, mu), n, iters)
     n = normalizers(gram, losses, normalize)
-    gram_n = gram / (n[:, None] * n[None, :])
-    losses_n = losses.to(gram.dtype) / n
+    gram_n = None if gram is None else gram / (n[:, None] * n[None, :])
+    losses_n = losses.to(dtype) / n
     w, iters = _solve(weighting, gram_n, losses_n)
     w_tilde = reweight(w, power)
     c = smooth_coefficients(w_tilde, losses_n, mu)
     return Combination(w, w_tilde, c / n if normalized_update else c, n, iters)
+
+
+def _check_inputs(
+    gram: torch.Tensor | None, losses: torch.Tensor, weighting: WeightFn, normalize: str
+) -> None:
+    if gram is not None:
+        check_gram(gram, losses)
+        return
+    check_loss_vector(losses)
+    if getattr(weighting, "needs_gram", True):
+        name = type(weighting).__name__ if isinstance(weighting, Weighting) else "a callable"
+        raise ValueError(
+            f"gram=None needs a loss-level weighting (needs_gram False); {name} needs the "
+            "Gram matrix"
+        )
+    if normalize not in _LOSS_ONLY:
+        raise ValueError(
+            f"normalize={normalize!r} needs the Gram matrix; without it only "
+            f"{_LOSS_ONLY} are allowed"
+        )

@@ -2,7 +2,8 @@
 
 ``Mean`` is ``w_i = 1/k`` (the "MIB w.o. aw" ablation of the paper's Fig. 5 when composed with
 MIB's reweighting); ``Constant(w)`` uses the given weights as they are (a preference ray of
-linear scalarization). Both are tensor operations only: no host synchronization.
+linear scalarization). Both are tensor operations only: no host synchronization. Both return
+NaN weights for a Gram matrix with a NaN or infinite entry (the contract of every weighting).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from ._base import Weighting
-from ._util import check_vector
+from ._util import check_vector, host_values, nan_guard
 
 __all__ = ["Constant", "Mean"]
 
@@ -31,7 +32,7 @@ class Mean(Weighting):
 
     def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
         k = gram.shape[0]
-        return torch.full((k,), 1.0 / k, dtype=gram.dtype, device=gram.device)
+        return nan_guard(torch.full((k,), 1.0 / k, dtype=gram.dtype, device=gram.device), gram)
 
 
 class Constant(Weighting):
@@ -63,7 +64,8 @@ class Constant(Weighting):
                 f"Constant has {len(self.weights)} weights but the Gram matrix is "
                 f"{gram.shape[0]} x {gram.shape[0]}"
             )
-        return torch.tensor(self.weights, dtype=gram.dtype, device=gram.device)
+        w = host_values(self.weights, gram, gram.dtype)
+        return nan_guard(w, gram)
 
     def __repr__(self) -> str:
         return f"Constant({list(self.weights)!r})"

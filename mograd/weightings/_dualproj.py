@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ._base import Weighting
-from ._qp import normalized, project_dual_cone
+from ._dual_set import gram_factor
+from ._qp import project_dual_cone, psd_normalized
 from ._util import check_number, check_pref, from_host, nan_weights, pref_array, to_host
 
 __all__ = ["DualProj"]
@@ -34,12 +35,15 @@ class _DualCone(Weighting):
     def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _factor(self, gn: np.ndarray) -> np.ndarray:
+        return gram_factor(gn, self.reg_eps)
+
     def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
         g = to_host(gram)
         if g is None:
             return nan_weights(gram)
         p = pref_array(self.pref_vector, g.shape[0], type(self).__name__)
-        gn, tr = normalized(g)
+        gn, tr = psd_normalized(g)
         if tr == 0.0:
             return from_host(p, gram)
         return from_host(self._project(gn, p), gram)
@@ -59,8 +63,10 @@ class DualProj(_DualCone):
 
     The update does not conflict with any loss (``(G w)_i >= 0``) and equals ``J^T p`` when
     that one conflicts with none. Solved exactly by an active-set method on the host
-    (float64) on ``G / trace(G)`` plus a ridge of 1e-12; ``reg_eps=1e-4`` reproduces TorchJD's
-    default regularization.
+    (float64) on ``G_+ / trace(G_+)`` plus a ridge of 1e-12, ``G_+`` being the positive
+    semi-definite part of ``G`` (rounding leaves the float32 Gram matrix of dependent
+    gradients slightly indefinite); ``reg_eps=1e-4`` reproduces TorchJD's default
+    regularization.
 
     When to use it: the smallest change of the mean gradient that removes every conflict
     (one QP per step instead of UPGrad's k).
@@ -82,4 +88,4 @@ class DualProj(_DualCone):
     """
 
     def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
-        return project_dual_cone(gn, p, self.reg_eps)
+        return project_dual_cone(gn, p, self.reg_eps, self._factor(gn))

@@ -29,8 +29,12 @@ class IMTLG(Weighting):
     ``v = G^+ sqrt(diag G)``,   ``w = v / sum(v)``,
 
     with the pseudo-inverse ``G^+`` (eigenvalues below ``k * eps(dtype) * max eigenvalue``
-    count as zero). When ``sum(v)`` vanishes (relative to ``sqrt(max G_ii)``; e.g. two
-    opposed gradients) no such combination exists and the weights are zero.
+    count as zero). When ``sum(v)`` vanishes (e.g. two opposed gradients) no such combination
+    exists and the weights are zero. "Vanishes" means: at the level of the rounding error of
+    the sum, ``|sum(v)| <= 4 k eps(dtype) (sum |v_i| + sqrt(k) / sqrt(max_i G_ii))``, a
+    relative test that does not depend on the scale of ``G`` and keeps the answer of a
+    float32 Gram matrix the same as that of its float64 copy (a fixed cut-off such as
+    ``k sqrt(eps)`` sits far above rounding and flips the answer with the dtype).
 
     When to use it: losses whose gradients differ a lot in magnitude, none of which should
     dominate; the weights are invariant to the scale of the Gram matrix.
@@ -64,8 +68,11 @@ class IMTLG(Weighting):
         keep = lam > k * eps * top
         inv = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0)
         v = vec @ (inv * (vec.T @ d))
-        total = float(v.sum()) * float(d.max())  # scale-free: v ~ 1/sqrt(s), d ~ sqrt(s)
-        if not abs(total) > k * math.sqrt(eps):
+        # scale-free: v ~ 1/sqrt(s), d ~ sqrt(s); the rounding error of sum(v) is about
+        # k eps sum|v_i| (plus the absolute error of a v that is zero up to rounding)
+        vn = v * float(d.max())
+        bound = 4.0 * k * eps * (float(np.abs(vn).sum()) + math.sqrt(k))
+        if not abs(float(vn.sum())) > bound:
             return from_host(np.zeros(k), gram)
         return from_host(v / v.sum(), gram)
 

@@ -11,12 +11,18 @@ import torch
 
 from ..solver import DEFAULT_MAX_ITER, DEFAULT_TOL, MinNormResult, min_norm_solve
 from ._base import Weighting
+from ._util import nan_guard, nan_weights, to_host
 
 __all__ = ["MinNorm"]
 
 
 class MinNorm(Weighting):
     """Min-norm weights on the simplex (MGDA; the weights of MIB, paper eq. 8).
+
+    A Gram matrix with a NaN or infinite entry gives NaN weights (k <= 2: propagated by tensor
+    operations; k >= 3: found on the host copy that Frank-Wolfe needs anyway).
+
+    Host round trip: for k >= 3 only (Frank-Wolfe on the host); k <= 2 is tensor operations.
 
     Args:
         max_iter: Frank-Wolfe iteration cap (k >= 3).
@@ -49,8 +55,19 @@ class MinNorm(Weighting):
         return k >= 3
 
     def solve(self, gram: torch.Tensor) -> MinNormResult:
-        """The weights with the solver's iteration count and duality gap."""
-        return min_norm_solve(gram, max_iter=self.max_iter, tol=self.tol, validate=False)
+        """The weights with the solver's iteration count and duality gap (NaN weights and
+        gap for a non-finite ``gram``)."""
+        k = gram.shape[0]
+        if not self.syncs(k):
+            res = min_norm_solve(gram, max_iter=self.max_iter, tol=self.tol, validate=False)
+            return res._replace(weights=nan_guard(res.weights, gram))
+        g = to_host(gram)  # the one host copy of Frank-Wolfe
+        if g is None:
+            return MinNormResult(nan_weights(gram), 0, float("nan"))
+        res = min_norm_solve(
+            torch.from_numpy(g), max_iter=self.max_iter, tol=self.tol, validate=False
+        )
+        return res._replace(weights=res.weights.to(device=gram.device, dtype=gram.dtype))
 
     def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
         return self.solve(gram).weights

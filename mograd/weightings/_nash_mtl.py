@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ._base import Weighting
+from ._qp import psd_part
 from ._util import check_int, check_number, from_host, nan_weights, to_host
 
 __all__ = ["NashMTL"]
@@ -34,7 +35,8 @@ class NashMTL(Weighting):
     solves a sequence of convex approximations with a cone solver instead). As in the paper's
     code, the weights are then scaled down so that ``|d| <= max_norm`` (``max_norm = 0``
     disables this; at the exact solution ``|d| = sqrt(k)``), and they are recomputed only
-    every ``update_weights_every`` steps (reused in between).
+    every ``update_weights_every`` steps (reused in between). A non-finite ``G`` gives NaN
+    weights and counts as no step.
 
     Unlike the other built-ins, the weights scale as ``1 / sqrt(s)`` when ``G`` is scaled by
     ``s``: the update ``J^T alpha`` does not depend on the gradients' overall scale.
@@ -77,13 +79,13 @@ class NashMTL(Weighting):
 
     def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
         k = gram.shape[0]
+        g = to_host(gram)
+        if g is None:  # NaN weights; the schedule and the warm start stay as they were
+            return nan_weights(gram)
         reuse = self._step % self.update_weights_every != 0
         self._step += 1
         if reuse and self._last is not None and self._last.shape[0] == k:
             return from_host(self._last, gram)
-        g = to_host(gram)
-        if g is None:
-            return nan_weights(gram)
         w = self.solve(g)
         self._last = w
         return from_host(w, gram)
@@ -91,6 +93,7 @@ class NashMTL(Weighting):
     def solve(self, g: np.ndarray) -> np.ndarray:
         """The Nash-MTL weights of a float64 Gram matrix (updates the warm start)."""
         k = g.shape[0]
+        g = psd_part(g)  # rounding can leave a dependent G indefinite, f unbounded below
         top = float(np.max(np.abs(g)))
         fro = top * float(np.linalg.norm(g / top)) if top > 0 else 0.0  # no underflow
         if not fro > 0:

@@ -5,10 +5,12 @@ Solves ``min_x 1/2 x^T Q x + c^T x`` subject to ``x >= lower`` and, optionally,
 (Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 16.3). Each iteration solves
 one equality-constrained problem on the free variables (a linear system of size at most
 ``k + 1``); the method terminates after finitely many iterations with the exact optimum up to
-rounding, unlike first-order methods. The callers normalize the Gram matrix by its trace and
-add a ridge of :data:`RIDGE` (relative to that trace), which keeps ``Q`` positive definite on
-rank-deficient Gram matrices (linearly dependent gradients) and changes the objective by at
-most ``RIDGE * |x|^2``.
+rounding, unlike first-order methods. The callers replace the Gram matrix by its positive
+semi-definite part (:func:`psd_part`: a float32 Gram matrix of linearly dependent gradients
+has eigenvalues slightly below zero, around ``-1e-8 trace(G)``, which no small ridge makes
+convex), normalize it by its trace and add a ridge of :data:`RIDGE` (relative to that trace),
+which keeps ``Q`` positive definite on rank-deficient Gram matrices and changes the objective
+by at most ``RIDGE * |x|^2``.
 
 Used by :class:`~mograd.weightings.UPGrad` and :class:`~mograd.weightings.DualProj`
 (projection onto the dual cone, ``min v^T G v`` s.t. ``v >= u``; tried first with the faster
@@ -20,7 +22,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RIDGE", "normalized", "project_dual_cone", "solve_qp"]
+from ._dual_set import dual_active_set, gram_factor
+
+__all__ = [
+    "RIDGE",
+    "normalized",
+    "project_dual_cone",
+    "psd_normalized",
+    "psd_part",
+    "solve_qp",
+]
 
 #: Ridge added to the trace-normalized Gram matrix inside the QPs (see the module docstring).
 RIDGE = 1e-12
@@ -32,6 +43,25 @@ def normalized(g: np.ndarray) -> tuple[np.ndarray, float]:
     if not tr > 0:
         return np.zeros_like(g), 0.0
     return g / tr, tr
+
+
+def psd_part(g: np.ndarray) -> np.ndarray:
+    """The nearest positive semi-definite matrix to the symmetric ``g`` (Frobenius norm).
+
+    The negative eigenvalues are set to zero (Higham 1988); ``g`` is returned as it is when it
+    has none, so that a well-conditioned Gram matrix is solved bit-identically.
+    """
+    lam, vec = np.linalg.eigh(g)
+    if lam.min() >= 0.0:
+        return g
+    out: np.ndarray = (vec * np.clip(lam, 0.0, None)) @ vec.T
+    sym: np.ndarray = 0.5 * (out + out.T)
+    return sym
+
+
+def psd_normalized(g: np.ndarray) -> tuple[np.ndarray, float]:
+    """:func:`normalized` of :func:`psd_part`: ``G_+ / trace(G_+)`` and that trace."""
+    return normalized(psd_part(g))
 
 
 def solve_qp(
@@ -76,30 +106,8 @@ def solve_qp(
     for _ in range(max_iter):
         grad = Q @ x + c
         free = np.flatnonzero(~active)
-        nu = 0.0
-        if free.size == 0:
-            p_free = np.zeros(0)
-        elif simplex:
-            n = free.size
-            kkt = np.zeros((n + 1, n + 1))
-            kkt[:n, :n] = Q[np.ix_(free, free)]
-            kkt[:n, n] = 1.0
-            kkt[n, :n] = 1.0
-            rhs = np.concatenate([-grad[free], [0.0]])
-            sol = np.linalg.solve(kkt, rhs)
-            p_free = sol[:n]
-            # stationarity on the free set: Q_FF p + grad_F + nu' 1 = 0, multiplier -nu'
-            nu = -sol[n]
-        else:
-            p_free = np.linalg.solve(Q[np.ix_(free, free)], -grad[free])
-        # The step is zero on this face when it is tiny or, on an ill-conditioned Q, when
-        # its decrease of the objective (p^T Q p / 2 at a full step) is at rounding level.
-        stalled = p_free.size == 0 or np.max(np.abs(p_free)) <= 1e-14 * (1.0 + np.max(np.abs(x)))
-        if not stalled:
-            qff = Q[np.ix_(free, free)]
-            f_scale = 0.5 * abs(float(x @ Q @ x)) + abs(float(c @ x)) + 1e-300
-            stalled = 0.5 * float(p_free @ qff @ p_free) <= 1e-15 * f_scale
-        if stalled:
+        p_free, nu = _face_step(Q, grad, free, simplex)
+        if _stalled(Q, c, x, free, p_free):
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 return x
@@ -123,18 +131,56 @@ def solve_qp(
     return x
 
 
-def project_dual_cone(gn: np.ndarray, u: np.ndarray, reg: float = 0.0) -> np.ndarray:
+def _face_step(
+    Q: np.ndarray, grad: np.ndarray, free: np.ndarray, simplex: bool
+) -> tuple[np.ndarray, float]:
+    """The minimizing step on the free variables (and the simplex multiplier ``nu``)."""
+    if free.size == 0:
+        return np.zeros(0), 0.0
+    if not simplex:
+        return np.linalg.solve(Q[np.ix_(free, free)], -grad[free]), 0.0
+    n = free.size
+    kkt = np.zeros((n + 1, n + 1))
+    kkt[:n, :n] = Q[np.ix_(free, free)]
+    kkt[:n, n] = 1.0
+    kkt[n, :n] = 1.0
+    sol = np.linalg.solve(kkt, np.concatenate([-grad[free], [0.0]]))
+    # stationarity on the free set: Q_FF p + grad_F + nu' 1 = 0, multiplier -nu'
+    return sol[:n], -float(sol[n])
+
+
+def _stalled(
+    Q: np.ndarray, c: np.ndarray, x: np.ndarray, free: np.ndarray, p_free: np.ndarray
+) -> bool:
+    """The step is zero on this face: tiny or, on an ill-conditioned ``Q``, with a decrease
+    of the objective (``p^T Q p / 2`` at a full step) at rounding level."""
+    if p_free.size == 0 or np.max(np.abs(p_free)) <= 1e-14 * (1.0 + np.max(np.abs(x))):
+        return True
+    qff = Q[np.ix_(free, free)]
+    f_scale = 0.5 * abs(float(x @ Q @ x)) + abs(float(c @ x)) + 1e-300
+    return 0.5 * float(p_free @ qff @ p_free) <= 1e-15 * f_scale
+
+
+def project_dual_cone(
+    gn: np.ndarray, u: np.ndarray, reg: float = 0.0, factor: np.ndarray | None = None
+) -> np.ndarray:
     """Weights ``v`` with ``J^T v`` the projection of ``J^T u`` onto the dual cone of the rows.
 
-    Solves ``min_v v^T G v`` s.t. ``v >= u`` (Quinton & Rey 2024, Proposition 1), exactly up
-    to the ridge :data:`RIDGE` plus ``reg`` on the diagonal of the trace-normalized ``gn``.
+    Solves ``min_v v^T G v`` s.t. ``v >= u`` (Quinton & Rey 2024, Proposition 1) on the
+    trace-normalized positive semi-definite ``gn`` plus ``reg`` on its diagonal, exactly (up to
+    rounding) by :func:`~mograd.weightings._dual_set.dual_active_set` on a factor of that
+    matrix (``factor``, computed when not given): no ridge, so that the answer stays exact
+    for linearly dependent gradients. The primal-dual active-set method on
+    ``gn + RIDGE I`` is the fallback should the dual method stop early.
     """
     k = u.shape[0]
-    Q = gn + (RIDGE + reg) * np.eye(k)
-    v = _primal_dual_active_set(Q, u)
-    if v is not None:
+    f = gram_factor(gn, reg) if factor is None else factor
+    v, ok = dual_active_set(f, u)
+    if ok and np.all(np.isfinite(v)):
         return v
-    return solve_qp(Q, np.zeros(k), u)
+    q = (gn + reg * np.eye(k) if reg > 0 else gn) + RIDGE * np.eye(k)
+    fast = _primal_dual_active_set(q, u)
+    return fast if fast is not None else solve_qp(q, np.zeros(k), u)
 
 
 def _primal_dual_active_set(Q: np.ndarray, u: np.ndarray, max_iter: int = 12) -> np.ndarray | None:

@@ -26,8 +26,10 @@ class UPGrad(_DualCone):
     so ``w = sum_i v(p_i e_i)``. The update never conflicts with any loss:
     ``(G w)_i = g_i^T (J^T w) >= 0`` for every ``i``, and it equals the mean gradient when no
     two gradients conflict. The k QPs are solved exactly by an active-set method on the host
-    (float64), on ``G / trace(G)`` plus a ridge of 1e-12; ``reg_eps=1e-4`` reproduces TorchJD's
-    default regularization (``reg_eps * I`` added to the trace-normalized matrix).
+    (float64), on ``G_+ / trace(G_+)`` plus a ridge of 1e-12, ``G_+`` being the positive
+    semi-definite part of ``G`` (rounding leaves the float32 Gram matrix of dependent
+    gradients slightly indefinite); ``reg_eps=1e-4`` reproduces TorchJD's default
+    regularization (``reg_eps * I`` added to the trace-normalized matrix).
 
     When to use it: a parameter-free default for several losses that may conflict, whose
     update is non-conflicting, invariant to the scale of the Gram matrix, and reduces to
@@ -53,10 +55,11 @@ class UPGrad(_DualCone):
 
     def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
         k = gn.shape[0]
+        f = self._factor(gn)
         w = np.zeros(k)
         for i in range(k):
             if p[i] > 0:
                 u = np.zeros(k)
                 u[i] = p[i]
-                w += project_dual_cone(gn, u, self.reg_eps)
+                w += project_dual_cone(gn, u, self.reg_eps, f)
         return w

@@ -18,17 +18,26 @@ import torch
 from .._checks import check_int
 
 __all__ = [
+    "all_finite",
     "check_bool",
+    "check_fraction",
     "check_int",
     "check_number",
     "check_pref",
+    "check_reals",
     "check_seed",
     "check_vector",
+    "clone_state",
     "from_host",
     "generator_state",
+    "host_values",
     "load_generator_state",
+    "load_tensor_state",
+    "loss_vector",
+    "nan_guard",
     "nan_weights",
     "pref_array",
+    "project_simplex",
     "to_host",
 ]
 
@@ -41,6 +50,15 @@ def check_number(name: str, value: object, *, positive: bool = False) -> float:
     if not math.isfinite(v) or v < 0 or (positive and v == 0):
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return v
+
+
+def check_fraction(name: str, value: object, *, below_one: bool = False) -> float:
+    """A real number in ``[0, 1]`` (``[0, 1)`` with ``below_one``), as a float."""
+    v = check_number(name, value)
+    if v > 1 or (below_one and v == 1):
+        bound = "[0, 1)" if below_one else "[0, 1]"
+        raise ValueError(f"{name} must be in {bound}, got {value!r}")
     return v
 
 
@@ -58,9 +76,11 @@ def check_seed(seed: object) -> int:
     return seed
 
 
-def check_vector(name: str, value: object, *, flatten: bool = False) -> tuple[float, ...]:
-    """k finite numbers ``>= 0``, not all zero, as floats. A tensor is flattened with
-    ``flatten``, otherwise it must be 1-d."""
+def check_vector(
+    name: str, value: object, *, flatten: bool = False, allow_zero: bool = False
+) -> tuple[float, ...]:
+    """k finite numbers ``>= 0``, not all zero (unless ``allow_zero``), as floats. A tensor is
+    flattened with ``flatten``, otherwise it must be 1-d."""
     if isinstance(value, torch.Tensor):
         if not flatten and value.dim() != 1:
             raise ValueError(f"{name} must be a 1-d tensor, got shape {tuple(value.shape)}")
@@ -76,7 +96,7 @@ def check_vector(name: str, value: object, *, flatten: bool = False) -> tuple[fl
     for i, v in enumerate(values):
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"{name}[{i}] must be finite and >= 0, got {v!r}")
-    if sum(values) <= 0:
+    if sum(values) <= 0 and not allow_zero:
         raise ValueError(f"{name} must not all be zero (all zero weighs nothing), got {values!r}")
     return values
 
@@ -136,3 +156,114 @@ def load_generator_state(owner: str, gen: torch.Generator, state: dict[str, Any]
     if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
         raise ValueError(f"{owner} state must hold 'rng_state' (a uint8 tensor), got {state!r}")
     gen.set_state(rng.detach().cpu().clone())
+
+
+def nan_guard(w: torch.Tensor, *inputs: torch.Tensor | None) -> torch.Tensor:
+    """``w`` unchanged if every input is finite, all-NaN otherwise; tensor operations only.
+
+    ``(x * 0).sum()`` is exactly zero for a finite ``x`` (even one whose sum would overflow)
+    and NaN when ``x`` holds a NaN or an infinity, so adding it keeps ``w`` bit-identical in
+    the usual case and needs no host synchronization.
+    """
+    for x in inputs:
+        if x is not None:
+            w = w + (x.detach() * 0).sum().to(device=w.device, dtype=w.dtype)
+    return w
+
+
+def all_finite(*inputs: torch.Tensor | None) -> torch.Tensor:
+    """A 0-d bool tensor: every entry of every input is finite (no host synchronization)."""
+    ok: torch.Tensor | None = None
+    for x in inputs:
+        if x is not None:
+            f = torch.isfinite(x.detach()).all()
+            ok = f if ok is None else ok & f
+    assert ok is not None
+    return ok
+
+
+def project_simplex(y: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of a 1-d tensor onto the probability simplex (no host sync).
+
+    With ``u`` sorted in decreasing order and ``r`` the largest index with
+    ``u_r > (sum_{j <= r} u_j - 1) / r``, the projection is ``max(y - theta, 0)`` with
+    ``theta = (sum_{j <= r} u_j - 1) / r`` (Held, Wolfe & Crowder 1974; Duchi et al. 2008).
+    The projection does not change when a constant is added to ``y``: ``y - max(y)`` is
+    projected, so that a point far from the simplex (``|y| >> 1``) keeps its precision.
+    """
+    y = y - y.max()
+    u = torch.sort(y, descending=True).values
+    css = torch.cumsum(u, 0) - 1.0
+    ranks = torch.arange(1, y.shape[0] + 1, device=y.device, dtype=y.dtype)
+    cond = u - css / ranks > 0
+    r = torch.where(cond, ranks, torch.zeros_like(ranks)).max()  # >= 1: u_1 = 0 > -1
+    idx = (r - 1).long().clamp_min(0)
+    theta = css.gather(0, idx.reshape(1)) / r
+    return (y - theta).clamp_min(0.0)
+
+
+def clone_state(value: Any) -> Any:
+    """A deep copy of a state value (tensors cloned, lists and dicts copied)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: clone_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clone_state(v) for v in value]
+    return value
+
+
+def load_tensor_state(
+    owner: str, state: object, keys: Sequence[str]
+) -> dict[str, torch.Tensor | None]:
+    """Check that ``state`` holds ``keys`` (tensors or ``None``) and return clones of them."""
+    if not isinstance(state, dict) or not set(keys) <= set(state):
+        raise ValueError(f"{owner} state must hold {sorted(keys)}, got {state!r}")
+    out: dict[str, torch.Tensor | None] = {}
+    for key in keys:
+        value = state[key]
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise ValueError(f"{owner} state[{key!r}] must be a tensor or None, got {value!r}")
+        out[key] = None if value is None else value.detach().clone()
+    return out
+
+
+def host_values(
+    values: Sequence[float], like: torch.Tensor, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Python numbers as a tensor on ``like``'s device without a host synchronization (on
+    CUDA: from pinned memory, copied without blocking)."""
+    t = torch.tensor(list(values), dtype=dtype)
+    if like.device.type == "cuda":
+        return t.pin_memory().to(device=like.device, non_blocking=True)
+    return t.to(like.device)
+
+
+def loss_vector(
+    values: tuple[float, ...] | None, k: int, like: torch.Tensor, owner: str, name: str
+) -> torch.Tensor | None:
+    """``values`` as a float64 tensor of ``k`` entries on ``like``'s device (or ``None``)."""
+    if values is None:
+        return None
+    if len(values) != k:
+        raise ValueError(f"{owner} has a {name} of {len(values)} entries but {k} losses")
+    return host_values(values, like)
+
+
+def check_reals(
+    name: str, value: Sequence[float] | torch.Tensor | None
+) -> tuple[float, ...] | None:
+    """Finite reals (any sign) as floats, or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 1:
+            raise ValueError(f"{name} must be a 1-d tensor, got shape {tuple(value.shape)}")
+        value = value.detach().cpu().tolist()
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a sequence of numbers, got {value!r}") from exc
+    if not out or not all(abs(v) < float("inf") for v in out):
+        raise ValueError(f"{name} must be non-empty and finite, got {value!r}")
+    return out

@@ -72,3 +72,14 @@ def test_coefficients_are_shift_stable_for_large_losses() -> None:
     c = smooth_coefficients(torch.tensor([0.5, 0.5]), torch.tensor([1e6, 1e6 + 1.0]), 0.2)
     assert torch.isfinite(c).all()
     torch.testing.assert_close(c, torch.tensor([0.5 * (1 + 0.07585818), 0.5 * (1 + 0.92414182)]))
+
+
+def test_smooth_ib_is_the_weighted_sum_plus_stch() -> None:
+    """Paper eqs. 13-14 and STCH (Lin et al. 2024) are the same soft maximum: the Smooth-IB
+    coefficients are w~ plus the STCH coefficients with preference w~ and temperature mu."""
+    from mograd.weightings import STCH
+
+    w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    losses = torch.tensor([3.0, -1.0, 0.5], dtype=torch.float64)
+    stch = STCH(mu=0.2, pref_vector=w)(None, losses)
+    torch.testing.assert_close(smooth_coefficients(w, losses, 0.2), w + stch)

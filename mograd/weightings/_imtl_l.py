@@ -1,0 +1,59 @@
+"""IMTL-L: the loss-balancing half of impartial multi-task learning, learned loss scales.
+
+Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021 (Section 3.1, eq. 1). See
+``docs/weightings.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._base import LossWeighting
+from ._learned import Learned
+from ._util import all_finite, nan_guard
+
+__all__ = ["IMTLL"]
+
+
+class IMTLL(Learned, LossWeighting):
+    r"""Impartial multi-task learning, loss balance (IMTL-L; Liu et al. 2021).
+
+    With a learned scale parameter ``s_i`` per loss, the scalarized loss is
+
+    ``S = sum_i (exp(s_i) L_i - s_i)``,
+
+    so ``c_i = exp(s_i)``; the ``s_i`` take, at every call after ``c`` is computed, one Adam
+    step on ``dS / ds_i = exp(s_i) L_i - 1`` (its optimum makes every scaled loss
+    ``exp(s_i) L_i`` equal to 1). ``S`` is twice UW's objective at ``s -> -s``: IMTL-L and
+    :class:`~mograd.weightings.UW` share their optimum and differ by a factor 2 in the
+    weights and the sign of the parameter. Positive losses are assumed (the paper's).
+
+    State, checkpointing and non-finite rule as :class:`~mograd.weightings.UW`.
+
+    When to use it: like UW; its scaled losses all tend to 1, which makes it the loss half
+    of the hybrid :class:`~mograd.weightings.IMTL`.
+
+    Cost: one backward pass (``needs_gram = False``). Host round trip: no.
+
+    Args:
+        lr: Adam learning rate of the scales (``>= 0``).
+        init: Initial scale parameter (0: the plain sum).
+
+    Example:
+        >>> import torch
+        >>> from mograd.weightings import IMTLL
+        >>> IMTLL()(None, torch.tensor([1.0, 4.0]))
+        tensor([1., 1.])
+    """
+
+    def __init__(self, lr: float = 1e-3, init: float = 0.0) -> None:
+        Learned.__init__(self, lr, init)
+
+    def weigh_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        s = self.params(losses.shape[0], losses.device)
+        c = torch.exp(s)
+        self.learn(c * losses - 1.0, all_finite(losses))
+        return nan_guard(c, losses)
+
+    def __repr__(self) -> str:
+        return f"IMTLL(lr={self.lr:g}, init={self.init:g})"
