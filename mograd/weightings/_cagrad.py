@@ -11,9 +11,10 @@ import math
 import numpy as np
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
 from ._qp import RIDGE, psd_normalized, solve_qp
-from ._util import check_bool, check_number, from_host, nan_weights, to_host
+from ._util import check_bool, from_host, nan_weights, to_host
 
 __all__ = ["CAGrad"]
 
@@ -60,7 +61,7 @@ class CAGrad(Weighting):
     host_sync = True
 
     def __init__(self, c: float = 0.5, rescale: bool = False, norm_eps: float = 1e-4) -> None:
-        self.c = check_number("c", c)
+        self.c = check_number("c", c, nonnegative=True)
         self.rescale = check_bool("rescale", rescale)
         self.norm_eps = check_number("norm_eps", norm_eps, positive=True)
 

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_number
 from ._base import LossWeighting
-from ._util import check_number, check_pref, check_seed, loss_vector, nan_guard
+from ._util import check_pref, check_seed, loss_vector, nan_guard
 
 __all__ = ["COSMOS"]
 
@@ -56,7 +57,7 @@ class COSMOS(LossWeighting):
         alpha: float = 1.0,
         seed: int = 0,
     ) -> None:
-        self.lambda_ = check_number("lambda_", lambda_)
+        self.lambda_ = check_number("lambda_", lambda_, nonnegative=True)
         self.pref_vector = check_pref(pref_vector)
         self.alpha = check_number("alpha", alpha, positive=True)
         self.seed = check_seed(seed)

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
 from ._dual_set import gram_factor
 from ._qp import project_dual_cone, psd_normalized
-from ._util import check_number, check_pref, from_host, nan_weights, pref_array, to_host
+from ._util import check_pref, from_host, nan_weights, pref_array, to_host
 
 __all__ = ["DualProj"]
 
@@ -30,7 +31,7 @@ class _DualCone(Weighting):
         self, pref_vector: Sequence[float] | torch.Tensor | None = None, reg_eps: float = 0.0
     ) -> None:
         self.pref_vector = check_pref(pref_vector)
-        self.reg_eps = check_number("reg_eps", reg_eps)
+        self.reg_eps = check_number("reg_eps", reg_eps, nonnegative=True)
 
     def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
         raise NotImplementedError

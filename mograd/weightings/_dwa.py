@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from .._checks import check_number
 from ._base import LossWeighting
-from ._util import all_finite, check_int, check_number, clone_state, nan_guard
+from ._util import all_finite, check_int, clone_state, nan_guard
 
 __all__ = ["DWA"]
 

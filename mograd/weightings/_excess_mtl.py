@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
-from ._util import all_finite, check_int, check_number, clone_state, load_tensor_state
+from ._util import all_finite, check_int, clone_state, load_tensor_state
 
 __all__ = ["ExcessMTL"]
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
 from ._qp import psd_part
-from ._util import check_int, check_number, from_host, nan_weights, to_host
+from ._util import check_int, from_host, nan_weights, to_host
 
 __all__ = ["FairGrad"]
 
@@ -56,8 +57,8 @@ class FairGrad(Weighting):
     host_sync = True
 
     def __init__(self, alpha: float = 1.0, reg_eps: float = 1e-8, max_iter: int = 100) -> None:
-        self.alpha = check_number("alpha", alpha)
-        self.reg_eps = check_number("reg_eps", reg_eps)
+        self.alpha = check_number("alpha", alpha, nonnegative=True)
+        self.reg_eps = check_number("reg_eps", reg_eps, nonnegative=True)
         self.max_iter = check_int("max_iter", max_iter)
 
     def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:

@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
+from .._checks import check_number
 from ._base import LossWeighting, check_loss_vector
 from ._learned import Learned
-from ._util import all_finite, check_number, check_reals, clone_state, loss_vector, nan_guard
+from ._util import all_finite, check_reals, clone_state, loss_vector, nan_guard
 
 __all__ = ["FAMO"]
 
@@ -77,7 +78,7 @@ class FAMO(Learned, LossWeighting):
     ) -> None:
         Learned.__init__(self, lr, 0.0, weight_decay)
         self.min_losses = check_reals("min_losses", min_losses)
-        self.eps = check_number("eps", eps)
+        self.eps = check_number("eps", eps, nonnegative=True)
         self._prev: torch.Tensor | None = None  # losses awaiting their update
 
     def _shifted(self, losses: torch.Tensor) -> torch.Tensor:

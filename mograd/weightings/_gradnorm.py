@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
 from ._learned import Learned
-from ._util import all_finite, check_number, clone_state, load_tensor_state, nan_guard
+from ._util import all_finite, clone_state, load_tensor_state, nan_guard
 
 __all__ = ["GradNorm"]
 
@@ -62,7 +63,7 @@ class GradNorm(Learned, Weighting):
 
     def __init__(self, alpha: float = 1.5, lr: float = 1e-3) -> None:
         Learned.__init__(self, lr, 1.0)
-        self.alpha = check_number("alpha", alpha)
+        self.alpha = check_number("alpha", alpha, nonnegative=True)
         self._initial: torch.Tensor | None = None  # the first finite step's losses
         self._has = torch.zeros((), dtype=torch.bool)
 

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
 from ._util import (
     check_fraction,
-    check_number,
     check_seed,
     from_host,
     generator_state,
@@ -71,7 +71,7 @@ class GradVac(Weighting):
 
     def __init__(self, beta: float = 0.5, eps: float = 1e-8, seed: int = 0) -> None:
         self.beta = check_fraction("beta", beta)
-        self.eps = check_number("eps", eps)
+        self.eps = check_number("eps", eps, nonnegative=True)
         self.seed = check_seed(seed)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)

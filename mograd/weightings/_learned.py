@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from .._checks import check_number as check_real
+from .._checks import check_number
 from ._adam import ADAM_KEYS, adam_init, adam_step
-from ._util import check_number, clone_state, load_tensor_state
+from ._util import clone_state, load_tensor_state
 
 __all__ = ["Learned"]
 
@@ -24,9 +24,9 @@ class Learned:
     """
 
     def __init__(self, lr: float, init: float = 0.0, weight_decay: float = 0.0) -> None:
-        self.lr = check_number("lr", lr)
-        self.init = check_real("init", init, positive=False)
-        self.weight_decay = check_number("weight_decay", weight_decay)
+        self.lr = check_number("lr", lr, nonnegative=True)
+        self.init = check_number("init", init, positive=False)
+        self.weight_decay = check_number("weight_decay", weight_decay, nonnegative=True)
         self._adam: dict[str, torch.Tensor] | None = None
 
     def params(self, k: int, device: torch.device) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_int, check_number
 from ..solver import DEFAULT_MAX_ITER, DEFAULT_TOL, MinNormResult, min_norm_solve
 from ._base import Weighting
 from ._util import nan_guard, nan_weights, to_host
@@ -38,16 +39,8 @@ class MinNorm(Weighting):
     host_sync = True  # k >= 3 only; k <= 2 is tensor operations (see ``syncs``)
 
     def __init__(self, max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL) -> None:
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-        if (
-            isinstance(tol, bool)
-            or not isinstance(tol, (int, float))
-            or not (float(tol) >= 0 and float(tol) < float("inf"))
-        ):
-            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-        self.max_iter = max_iter
-        self.tol = float(tol)
+        self.max_iter = check_int("max_iter", max_iter, minimum=1)
+        self.tol = check_number("tol", tol, nonnegative=True)
 
     @staticmethod
     def syncs(k: int) -> bool:

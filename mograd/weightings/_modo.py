@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
-from ._util import all_finite, check_number, clone_state, project_simplex
+from ._util import all_finite, clone_state, project_simplex
 
 __all__ = ["MoDo"]
 
@@ -57,7 +58,7 @@ class MoDo(Weighting):
 
     def __init__(self, gamma: float = 0.1, rho: float = 0.1) -> None:
         self.gamma = check_number("gamma", gamma, positive=True)
-        self.rho = check_number("rho", rho)
+        self.rho = check_number("rho", rho, nonnegative=True)
         self._lambda: torch.Tensor | None = None
 
     def weigh(self, gram: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
 from ._qp import psd_part
-from ._util import check_int, check_number, from_host, nan_weights, to_host
+from ._util import check_int, from_host, nan_weights, to_host
 
 __all__ = ["NashMTL"]
 
@@ -69,9 +70,9 @@ class NashMTL(Weighting):
         reg_eps: float = 1e-8,
         max_iter: int = 100,
     ) -> None:
-        self.max_norm = check_number("max_norm", max_norm)
+        self.max_norm = check_number("max_norm", max_norm, nonnegative=True)
         self.update_weights_every = check_int("update_weights_every", update_weights_every)
-        self.reg_eps = check_number("reg_eps", reg_eps)
+        self.reg_eps = check_number("reg_eps", reg_eps, nonnegative=True)
         self.max_iter = check_int("max_iter", max_iter)
         self._step = 0
         self._alpha: np.ndarray | None = None  # normalized solution (warm start)

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
+from .._checks import check_number
 from ._base import LossWeighting
-from ._util import check_number, check_pref, check_reals, loss_vector, nan_guard
+from ._util import check_pref, check_reals, loss_vector, nan_guard
 
 __all__ = ["PBI"]
 
@@ -57,7 +58,7 @@ class PBI(LossWeighting):
         pref_vector: Sequence[float] | torch.Tensor | None = None,
         reference: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
-        self.theta = check_number("theta", theta)
+        self.theta = check_number("theta", theta, nonnegative=True)
         self.pref_vector = check_pref(pref_vector)
         self.reference = check_reals("reference", reference)
 

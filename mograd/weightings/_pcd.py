@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
 from ._dual_set import dual_active_set, gram_factor
 from ._qp import psd_part
-from ._util import check_fraction, check_number, check_vector, from_host, nan_weights, to_host
+from ._util import check_fraction, check_vector, from_host, nan_weights, to_host
 
 __all__ = ["PCD"]
 
@@ -74,7 +75,7 @@ class PCD(Weighting):
                 check_fraction(f"tau[{i}]", t)
             self.tau = taus
         self.beta = check_fraction("beta", beta, below_one=True)
-        self.eps = check_number("eps", eps)
+        self.eps = check_number("eps", eps, nonnegative=True)
         self._ema: np.ndarray | None = None
         self._steps = 0
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
+from .._checks import check_number
 from ._base import Weighting
 from ._util import (
     all_finite,
     check_fraction,
     check_int,
-    check_number,
     check_pref,
     clone_state,
     host_values,
@@ -84,9 +84,9 @@ class SDMGrad(Weighting):
         self.lr = check_number("lr", lr, positive=True)
         self.momentum = check_fraction("momentum", momentum, below_one=True)
         self.n_iter = check_int("n_iter", n_iter)
-        self.lambda_ = check_number("lambda_", lambda_)
+        self.lambda_ = check_number("lambda_", lambda_, nonnegative=True)
         self.pref_vector = check_pref(pref_vector)
-        self.eps = check_number("eps", eps)
+        self.eps = check_number("eps", eps, nonnegative=True)
         self._w: torch.Tensor | None = None
 
     def _pref(self, k: int, like: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
+from .._checks import check_number
 from ._base import LossWeighting
-from ._util import check_number, check_pref, check_reals, loss_vector, nan_guard
+from ._util import check_pref, check_reals, loss_vector, nan_guard
 
 __all__ = ["STCH"]
 

@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import check_int
+from .._checks import check_int, check_number
 
 __all__ = [
     "all_finite",
     "check_bool",
     "check_fraction",
     "check_int",
-    "check_number",
     "check_pref",
     "check_reals",
     "check_seed",
@@ -42,20 +41,9 @@ __all__ = [
 ]
 
 
-def check_number(name: str, value: object, *, positive: bool = False) -> float:
-    """A finite real number ``>= 0`` (``> 0`` with ``positive``), as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return v
-
-
 def check_fraction(name: str, value: object, *, below_one: bool = False) -> float:
     """A real number in ``[0, 1]`` (``[0, 1)`` with ``below_one``), as a float."""
-    v = check_number(name, value)
+    v = check_number(name, value, nonnegative=True)
     if v > 1 or (below_one and v == 1):
         bound = "[0, 1)" if below_one else "[0, 1]"
         raise ValueError(f"{name} must be in {bound}, got {value!r}")
