@@ -1,0 +1,75 @@
+"""Every registered weighting, by name, through ``MOWrapper`` on every path that allows it.
+
+The exact paths (rows, ``jacobian="gramian"``, accumulation of two half batches) must give
+the same parameters (float64, 1e-10): they form the same Gram matrix of the same full-batch
+gradients. Representation mode runs every Gram weighting on the features' Gram matrix; a
+loss-level weighting (``needs_gram`` false) forms no Gram matrix at all, so on every path it
+takes the same one-backward step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mograd import MOWrapper
+from mograd.weightings import WEIGHTINGS, from_name
+
+K = 4
+PATHS = ("rows", "gramian", "accumulate", "features")
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh())
+        self.heads = nn.Linear(8, K)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        z = self.trunk(x)
+        out = self.heads(z)
+        scales = torch.tensor([1.0, 3.0, 0.5, 10.0], dtype=x.dtype)
+        losses = [((out[:, i] - i) ** 2).mean() * scales[i] for i in range(K)]
+        return z, losses
+
+
+def train(name: str, path: str, steps: int = 3) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = Net().double()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(16, 5, generator=gen, dtype=torch.float64) for _ in range(steps)]
+    extra = {"jacobian": "gramian", "modules": model} if path == "gramian" else {}
+    opt = MOWrapper(torch.optim.SGD(model.parameters(), lr=0.05), weights=name, **extra)
+    for x in batches:
+        opt.zero_grad()
+        if path == "accumulate":
+            for half in x.chunk(2):
+                opt.accumulate([loss / 2 for loss in model(half)[1]])
+            info = opt.step()
+        elif path == "features":
+            z, losses = model(x)
+            info = opt.step(losses, features=z)
+        else:
+            info = opt.step(model(x)[1])
+        assert torch.isfinite(info.coefficients).all(), (name, path, info)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTINGS))
+def test_every_weighting_takes_the_same_exact_step_on_every_exact_path(name: str) -> None:
+    start = [p.detach().clone() for p in (torch.manual_seed(0), Net().double())[1].parameters()]
+    rows = train(name, "rows")
+    assert any(not torch.equal(a, b) for a, b in zip(rows, start)), f"{name} did not move"
+    for path in ("gramian", "accumulate"):
+        for a, b in zip(rows, train(name, path)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{name} on {path}")
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTINGS))
+def test_every_weighting_runs_in_representation_mode(name: str) -> None:
+    params = train(name, "features")
+    assert all(torch.isfinite(p).all() for p in params)
+    if not from_name(name).needs_gram:  # no Gram matrix: the same step as the exact paths
+        for a, b in zip(params, train(name, "rows")):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
