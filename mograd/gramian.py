@@ -1,6 +1,6 @@
-"""Per-loss gradients and their Gram matrix, and writing ``.grad`` as autograd would.
+r"""Per-loss gradients and their Gram matrix, and writing ``.grad`` as autograd would.
 
-The torch side of the Gram matrix (paper eq. 8 needs ``G = J J^T`` of the per-loss
+The torch side of the Gram matrix (paper eq. 8 needs $G = J J^\top$ of the per-loss
 gradients):
 
 * :func:`reached_leaves` walks the autograd graph of the losses to find every leaf they
@@ -9,9 +9,9 @@ gradients):
   ``loss.backward()``;
 * :func:`jacobian_rows` runs one backward pass per loss (each only through the part of the
   graph that the loss reaches) and writes the flattened gradients of the optimizer's
-  parameters into one ``(k, P)`` buffer ``J``, and those of other leaves into small
-  per-leaf ``(k, n)`` blocks that never enter ``G``;
-* :func:`gram` forms ``J_S J_S^T`` on the shared columns by the one precision rule of
+  parameters into one ``(k, P)`` buffer $J$, and those of other leaves into small
+  per-leaf ``(k, n)`` blocks that never enter $G$;
+* :func:`gram` forms $J_S J_S^\top$ on the shared columns by the one precision rule of
   every Gram matrix (float32 blocks summed in float64);
 * :func:`accumulate_grad` adds a gradient to ``.grad`` with the semantics of
   ``loss.backward()``: the parameter's own storage and layout, never an alias of another
@@ -70,7 +70,7 @@ def reached_leaves(losses: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def row_dtype(ref: torch.Tensor) -> torch.dtype:
-    """The dtype of ``J``: float32 or float64 (half precision is accumulated in float32)."""
+    """The dtype of $J$: float32 or float64 (half precision is accumulated in float32)."""
     return ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float32
 
 
@@ -89,14 +89,14 @@ def jacobian_rows(
     *,
     hits: list[bool] | None = None,
 ) -> tuple[torch.Tensor, list[bool], list[torch.Tensor | None]]:
-    """One backward pass per loss; rows of ``J`` on ``params``, blocks on ``extras``.
+    """One backward pass per loss; rows of $J$ on ``params``, blocks on ``extras``.
 
     A loss that reaches none of ``params`` raises ``ValueError`` (naming it after
     ``what``), unless ``hits`` is given: it then receives, per loss, whether it reached
     one of ``params``, and the loss's row is zero.
 
     Returns:
-        ``J`` of shape ``(k, sum numel(params))``; which params some loss reached; for each
+        $J$ of shape ``(k, sum numel(params))``; which params some loss reached; for each
         extra leaf a ``(k, numel)`` block of its per-loss gradients (``None`` if no loss
         reaches it).
     """
@@ -152,13 +152,14 @@ def gram_dtype(device: torch.device) -> torch.dtype:
 
 
 def gram(rows: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
-    """``rows @ rows.T`` with an error that does not grow with the number of columns P.
+    r"""``rows @ rows.T`` with an error that does not grow with the number of columns $P$.
 
     The one precision rule of every Gram matrix (paper eq. 8): products of float32 blocks of
     :data:`GRAM_CHUNK` columns, summed in float64 (:func:`gram_dtype`), so that the relative
-    error stays that of one block, whatever P; float64 rows are multiplied directly. With
-    ``exact``, the float64 product of the rows divided by a power of two near ``max |rows|``:
-    finite for any finite rows (the path taken when the blockwise product overflowed).
+    error stays that of one block, whatever $P$; float64 rows are multiplied directly. With
+    ``exact``, the float64 product of the rows divided by a power of two near the largest
+    $\lvert J_{ij} \rvert$: finite for any finite rows (the path taken when the blockwise
+    product overflowed).
 
     Args:
         rows: ``(k, P)`` per-loss gradients, each row with unit stride.
@@ -209,7 +210,7 @@ def accumulate_grad(
     disjoint: bool = False,
     densify: bool = False,
 ) -> None:
-    """``p.grad += g`` for each pair, as ``loss.backward()`` leaves it.
+    r"""``p.grad += g`` for each pair, as ``loss.backward()`` leaves it.
 
     A new ``.grad`` has the parameter's dtype and layout (``channels_last`` stays
     ``channels_last``) and never shares memory with another parameter's ``.grad`` (autograd
@@ -224,7 +225,7 @@ def accumulate_grad(
             shape.
         disjoint: The caller guarantees that the gradients occupy disjoint memory (slices
             of one buffer): they are used in place when their layout fits.
-        densify: Make every written ``.grad`` dense (a combination of k >= 2 gradients
+        densify: Make every written ``.grad`` dense (a combination of $k \ge 2$ gradients
             is dense, see ``docs/api.md``).
     """
     storages: set[int] | None = None if disjoint else set()

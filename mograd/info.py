@@ -21,7 +21,7 @@ class NonFiniteError(FloatingPointError):
 
 
 class StepInfo:
-    """Diagnostics of one multi-objective backward pass.
+    r"""Diagnostics of one multi-objective backward pass.
 
     All tensor fields are detached, on the parameters' device, and computed without a
     device-to-host synchronization; call ``.tolist()`` or :meth:`as_dict` to read them.
@@ -29,21 +29,22 @@ class StepInfo:
     step whose diagnostics nobody reads does not pay for them.
 
     Attributes:
-        weights: The weighting's weights ``w`` (min-norm ``w*`` by default), ``(k,)``.
-        reweighted: ``w~ = w ** power``, shape ``(k,)``.
-        coefficients: The coefficients ``c`` on the raw per-loss gradients: the combined
-            gradient is ``sum_i c_i grad L_i``, shape ``(k,)``.
+        weights: The weighting's weights $w$ (min-norm $w^*$ by default), ``(k,)``.
+        reweighted: $\tilde w = w^p$, $p$ = ``power``, shape ``(k,)``.
+        coefficients: The coefficients $c$ on the raw per-loss gradients: the combined
+            gradient is $\sum_i c_i \nabla L_i$, shape ``(k,)``.
         losses: Loss values in at least float32 (averaged over the process group when
             distributed), ``(k,)``.
-        grad_norms: Norms of the per-loss gradients on the shared parameters (or on the
-            features in representation mode), ``(k,)``; NaN for loss-level weightings,
-            which form no per-loss gradient.
-        cosines: Pairwise cosine similarities of those gradients, ``(k, k)``.
-        iterations: Solver iterations (0 for k = 1 and for weightings without a solver,
-            1 for the k = 2 closed form).
+        grad_norms: Norms $\lVert g_i \rVert = \sqrt{G_{ii}}$ of the per-loss gradients on
+            the shared parameters (or on the features in representation mode), ``(k,)``;
+            NaN for loss-level weightings, which form no per-loss gradient.
+        cosines: Pairwise cosine similarities of those gradients,
+            $G_{ij} / (\lVert g_i \rVert \, \lVert g_j \rVert)$, ``(k, k)``.
+        iterations: Solver iterations (0 for $k = 1$ and for weightings without a solver,
+            1 for the $k = 2$ closed form).
         skipped: ``True`` when a non-finite value made the step a no-op
             (``nonfinite="skip"``).
-        normalizers: The gradient normalizers ``n`` (all ones for ``normalize="none"``).
+        normalizers: The gradient normalizers $n$ (all ones for ``normalize="none"``).
     """
 
     _FIELDS = (

@@ -1,19 +1,19 @@
-"""The torch glue: :class:`MultiObjectiveOptimizer` (alias :data:`MOWrapper`).
+r"""The torch glue: :class:`MultiObjectiveOptimizer` (alias :data:`MOWrapper`).
 
 The only layer that touches parameters, and only as ``torch.optim`` plumbing: it shares
 ``param_groups``, ``state`` and ``defaults`` with the wrapped optimizer, keeps checkpoints,
 and offers the entry points (``backward``, ``accumulate``, ``step``, closures). A step is
 one pass through :mod:`mograd.pipeline`:
 
-1. a *source* (:mod:`mograd.sources`) gathers what the step needs: the k per-loss
-   gradients as rows of ``J`` (default), the Gram matrix module by module
+1. a *source* (:mod:`mograd.sources`) gathers what the step needs: the $k$ per-loss
+   gradients as rows of $J$ (default), the Gram matrix module by module
    (``jacobian="gramian"``, :mod:`mograd.frugal`), the gradients with respect to the
-   features (representation mode, ``features=z``), the one gradient (k = 1), or only the
+   features (representation mode, ``features=z``), the one gradient ($k = 1$), or only the
    loss values (loss-level weightings);
 2. the pipeline's stages, the same for every source: reduce over the process group,
-   ``G = J_S J_S^T`` (paper eq. 8), unscale, the weighting with MIB's reweighting and
+   $G = J_S J_S^\top$ (paper eq. 8), unscale, the weighting with MIB's reweighting and
    Smooth-IB coefficients (eqs. 12-14), the non-finite guard, and
-   ``.grad += sum_i c_i grad L_i`` as ``loss.backward()`` would write it;
+   $\sum_i c_i \nabla L_i$ added to ``.grad`` as ``loss.backward()`` would add it;
 3. the wrapped optimizer steps.
 
 ``docs/api.md`` states the full contract and ``docs/architecture.md`` the layout.
@@ -48,13 +48,21 @@ from .sources import (
     collect_rows,
     collect_single,
 )
+from .sources.sharded import (
+    ShardedLosses,
+    collect_sharded,
+    collect_sharded_features,
+    fsdp_group,
+    fsdp_modules,
+    is_sharded,
+)
 from .weightings import Constant, Weighting
 
 __all__ = ["MOWrapper", "MultiObjectiveOptimizer", "NonFiniteError", "StepInfo"]
 
 
 class MultiObjectiveOptimizer(torch.optim.Optimizer):
-    """Wrap any ``torch.optim`` optimizer to step on several losses at once (MIB).
+    r"""Wrap any ``torch.optim`` optimizer to step on several losses at once (MIB).
 
     The wrapper shares ``param_groups``, ``state`` and ``defaults`` with the wrapped
     optimizer, so LR schedulers, ``zero_grad``, step hooks and checkpoints work on it.
@@ -65,43 +73,47 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         optimizer: The wrapped ``torch.optim.Optimizer`` (Adam, SGD, LBFGS, ...).
         shared_params: Parameters whose per-loss gradients form the Gram matrix (default:
             all of the optimizer's parameters, including groups added later). Every
-            parameter still receives ``sum_i c_i grad L_i``.
+            parameter still receives $\sum_i c_i \nabla L_i$.
         weights: How the Gram matrix becomes weights. MIB's own spellings,
             ``"min_norm"`` (the paper's min-norm weights, eq. 8; alias ``"mib"``),
-            ``"equal"`` (``1/k``, the "MIB w.o. aw" ablation) and a sequence of fixed
+            ``"equal"`` ($1/k$, the "MIB w.o. aw" ablation) and a sequence of fixed
             weights, default to MIB's reweighting and smoothing (``power=2.0``,
             ``mu=0.2``). Every other choice is used exactly as it is (``power=1.0``,
             ``mu=None``): a name from :data:`mograd.weightings.WEIGHTINGS` (``"mgda"``,
             ``"mean"``, ``"upgrad"``, ...), a :class:`~mograd.weightings.Weighting`, or
             any callable ``gram -> weights``.
-        power: Reweighting exponent ``p > 0``: ``w~ = w ** p`` (paper eq. 12). Passing it
+        power: Reweighting exponent $p > 0$: $\tilde w = w^p$ (paper eq. 12). Passing it
             composes MIB's reweighting with any weighting on purpose.
-        mu: Smooth-IB temperature ``mu > 0`` (paper eq. 13), or ``None`` for no smoothing.
+        mu: Smooth-IB temperature $\mu > 0$ (paper eq. 13), or ``None`` for no smoothing.
         normalize: Gradient normalization before the weighting: ``"none"`` (default, the
-            paper), ``"l2"`` (``n_i = |g_i|``), ``"loss"`` (``n_i = |L_i|``) or ``"loss+"``
-            (``n_i = |L_i| |g_i|``). See ``docs/api.md``.
+            paper), ``"l2"`` ($n_i = \lVert g_i \rVert$), ``"loss"`` ($n_i = \lvert L_i \rvert$)
+            or ``"loss+"`` ($n_i = \lvert L_i \rvert \, \lVert g_i \rVert$). See
+            ``docs/api.md``.
         normalized_update: With normalization, ``True`` (LibMTL's convention) makes the
-            update ``sum_i c_i g_i / n_i``; ``False`` (the original MGDA code's
+            update $\sum_i c_i g_i / n_i$; ``False`` (the original MGDA code's
             convention) applies the same coefficients to the raw gradients,
-            ``sum_i c_i g_i``.
+            $\sum_i c_i g_i$.
         nonfinite: What a NaN or infinite loss, gradient or coefficient does: ``"raise"``
             a :class:`NonFiniteError` (default), ``"skip"`` the step leaving parameters,
             gradients and optimizer state untouched (reported as ``StepInfo.skipped``),
             or ``"ignore"`` (no check: NaN flows on as in plain PyTorch, and a step needs
             no device-to-host synchronization at all). "raise" and "skip" read one
             boolean from the device per step.
-        max_iter: Frank-Wolfe iteration cap (min-norm weights, k >= 3).
+        max_iter: Frank-Wolfe iteration cap (min-norm weights, $k \ge 3$).
         tol: Frank-Wolfe duality-gap tolerance, relative to the largest squared gradient
-            norm (min-norm weights, k >= 3).
+            norm (min-norm weights, $k \ge 3$).
         process_group: Process group over which per-loss gradients are averaged when
             ``torch.distributed`` is initialized (default: the world group).
         jacobian: How the exact step forms the Gram matrix: ``"rows"`` (default) keeps the
-            k per-loss gradients in one k x P buffer; ``"gramian"`` never holds it
+            $k$ per-loss gradients in one $k \times P$ buffer; ``"gramian"`` never holds it
             (:class:`mograd.frugal.GramianEngine`: module by module, then one more
-            backward pass of ``sum_i c_i L_i`` writes the gradients; O(P) memory instead of
-            O(k P), see ``docs/performance.md``). Same weights, same update.
+            backward pass of $\sum_i c_i L_i$ writes the gradients; $O(P)$ memory instead of
+            $O(k P)$, see ``docs/performance.md``). Same weights, same update.
         modules: With ``jacobian="gramian"``: the model (or modules) holding every
-            parameter of the wrapped optimizer; forward hooks are registered on it.
+            parameter of the wrapped optimizer; forward hooks are registered on it. Under
+            FSDP2 (optional): the ``fully_shard``-ed root, whose parameters then stay
+            unsharded across the $k$ backward passes of a step ($k - 1$ fewer all-gathers
+            per module, see ``docs/distributed.md``).
 
     Raises:
         TypeError: If ``optimizer`` is not a ``torch.optim.Optimizer``.
@@ -186,6 +198,17 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
     def _make_engine(
         self, modules: torch.nn.Module | Sequence[torch.nn.Module] | None
     ) -> GramianEngine | None:
+        self._fsdp_modules: list[Any] = []
+        if fsdp_group(self._held()) is not None:  # FSDP2: the sharded source
+            if self.jacobian == "gramian":
+                raise ValueError(
+                    "jacobian='gramian' does not work under FSDP2 (its forward records "
+                    "hold unsharded activations of one rank); use the default "
+                    "jacobian='rows', which keeps only k x P / world values per rank"
+                )
+            if modules is not None:
+                self._fsdp_modules = fsdp_modules(modules, self._held())
+            return None
         if self.jacobian != "gramian":
             if modules is not None:
                 raise ValueError("modules= is only used with jacobian='gramian'")
@@ -389,6 +412,14 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             scale = grad_scaler.scale(torch.ones((), device=checked[0].device))
             checked = [grad_scaler.scale(loss) for loss in checked]
         params, n_shared = self._layout()
+        group = fsdp_group(params)
+        if group is None:
+            group = self.process_group
+        elif self.process_group is not None and self.process_group is not group:
+            raise ValueError(
+                "under FSDP2 mograd reduces over the process group of the parameters' "
+                "device mesh; leave process_group unset"
+            )
         return Step(
             losses=checked,
             values=values,
@@ -396,7 +427,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             n_shared=n_shared,
             retain_graph=retain_graph,
             scale=scale,
-            group=self.process_group,
+            group=group,
             distributed=distributed.is_distributed(),
             checked=self._policy(scale) != "ignore",
         )
@@ -405,6 +436,12 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         """The one place where a step's source is chosen."""
         engine = self._engine
         loss_level = not getattr(self.weighting, "needs_gram", True)
+        if _sharded(step):  # FSDP2: the same choices, on column shards (sources.sharded)
+            if step.k > 1 and loss_level:
+                return ShardedLosses(step)
+            if step.k > 1 and features is not None:
+                return collect_sharded_features(step, features)
+            return collect_sharded(step, self._fsdp_modules)
         frugal = engine is not None and step.k > 1 and features is None and not loss_level
         if engine is not None and not frugal:
             engine.clear()  # the forward records are not needed
@@ -421,7 +458,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
 
     def _finish(self, col: Collected) -> StepInfo:
         self._skip_pending = False
-        info = run(col, self._combiner, self._policy(col.step.scale), self.process_group)
+        info = run(col, self._combiner, self._policy(col.step.scale), col.step.group)
         if info.skipped:
             self._skip_pending = True
             self._wrapper_state["skipped"] += 1
@@ -437,16 +474,16 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         grad_scaler: torch.amp.GradScaler | None = None,
         retain_graph: bool = False,
     ) -> StepInfo:
-        """Write ``sum_i c_i grad L_i`` into ``.grad`` and return the step's diagnostics.
+        r"""Write $\sum_i c_i \nabla L_i$ into ``.grad`` and return the step's diagnostics.
 
         Args:
-            losses: k >= 1 scalar losses from one forward pass. With k = 1 this is exactly
+            losses: $k \ge 1$ scalar losses from one forward pass. With $k = 1$ this is exactly
                 ``losses[0].backward()``. ``None`` applies the micro-batches gathered with
                 :meth:`accumulate`.
-            features: Representation mode (MGDA-UB): the shared representation ``z`` (or
+            features: Representation mode (MGDA-UB): the shared representation $z$ (or
                 several tensors) that all losses are computed from. The weights come from
-                the gradients with respect to ``z`` and one backward pass of
-                ``sum_i c_i L_i`` writes the gradients: cheaper, an approximation of the
+                the gradients with respect to $z$ and one backward pass of
+                $\sum_i c_i L_i$ writes the gradients: cheaper, an approximation of the
                 exact step (see ``docs/performance.md``).
             grad_scaler: A ``torch.amp.GradScaler``: losses are scaled before backward (so
                 ``.grad`` holds scaled gradients for ``scaler.step(opt)``), while weights
@@ -488,14 +525,14 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
 
         Nothing is written to ``.grad``. After the last micro-batch, ``backward()`` (or
         ``step()``) without losses solves once on the summed per-loss gradients and loss
-        values, i.e. on the full batch: scale each micro-batch's losses by ``1/n`` as in
-        plain PyTorch accumulation, and n micro-batches give the weights and the update of
-        one batch n times larger. A non-finite micro-batch makes the whole accumulated step
+        values, i.e. on the full batch: scale each micro-batch's losses by $1/n$ as in
+        plain PyTorch accumulation, and $n$ micro-batches give the weights and the update of
+        one batch $n$ times larger. A non-finite micro-batch makes the whole accumulated step
         non-finite (raised or skipped when it is applied). Exact mode only (the rows
         source, whatever the weighting; ``jacobian="gramian"`` cannot accumulate).
 
         Args:
-            losses: The k scalar losses of this micro-batch (k fixed across micro-batches).
+            losses: The $k$ scalar losses of this micro-batch ($k$ fixed across micro-batches).
             grad_scaler: As in :meth:`backward` (the scale must not change in between).
             retain_graph: Keep the autograd graph after the last backward pass.
         """
@@ -509,7 +546,12 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             acc = self._acc
             if acc is not None:
                 _check_same_batch(acc.step, step)
-            col = collect_single(step, accumulating=True) if step.k == 1 else collect_rows(step)
+            if _sharded(step):
+                col: Collected = collect_sharded(step, self._fsdp_modules)
+            elif step.k == 1:
+                col = collect_single(step, accumulating=True)
+            else:
+                col = collect_rows(step)
             if acc is None:
                 self._acc = col
             else:
@@ -589,15 +631,15 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
         *,
         features: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> Any:
-        """:meth:`backward` on ``losses`` (or on what ``closure`` returns), then the inner step.
+        r""":meth:`backward` on ``losses`` (or on what ``closure`` returns), then the inner step.
 
         * ``step(losses)`` returns the step's :class:`StepInfo`.
         * ``step(closure)`` (positional or keyword, as in ``torch.optim``): the closure
           zeroes the gradients, runs the model and returns the losses (a list, or one
           scalar); mograd does the multi-objective backward. Optimizers that re-evaluate
           the closure (LBFGS) get the multi-objective backward at every evaluation.
-          Returns, as ``torch.optim`` does, the loss: the scalar ``sum_i c_i L_i`` whose
-          gradient was applied (for k = 1, the loss itself); the :class:`StepInfo` is
+          Returns, as ``torch.optim`` does, the loss: the scalar $\sum_i c_i L_i$ whose
+          gradient was applied (for $k = 1$, the loss itself); the :class:`StepInfo` is
           ``last_info``.
         * A plain ``step()`` after :meth:`backward` only runs the wrapped optimizer's step
           (skipped when that backward was skipped for a non-finite value): gradient
@@ -605,7 +647,7 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
           applies the gathered micro-batches and returns their :class:`StepInfo`.
 
         Args:
-            losses: The k scalar losses, a closure, or ``None``.
+            losses: The $k$ scalar losses, a closure, or ``None``.
             closure: A closure, as keyword.
             features: Representation mode, see :meth:`backward`.
         """
@@ -633,6 +675,11 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             info = self.backward()
         self._inner_step()
         return info
+
+
+def _sharded(step: Step) -> bool:
+    """The optimizer holds FSDP2's sharded parameters (all of them: ``fsdp_group``)."""
+    return bool(step.params) and is_sharded(step.params[0])
 
 
 def _check_same_batch(first: Step, step: Step) -> None:

@@ -1,4 +1,4 @@
-"""The one step pipeline: every source's :class:`~mograd.sources.Collected` goes through
+r"""The one step pipeline: every source's :class:`~mograd.sources.Collected` goes through
 the same stages, each written once.
 
 ::
@@ -9,13 +9,13 @@ the same stages, each written once.
                               rule)                  identity)                   ignore)
 
 * **reduce** (under ``torch.distributed``): the source averages what it gathered, so every
-  rank forms the same ``G`` and the same weights.
-* **gram**: ``G`` by the one precision rule (:func:`mograd.gramian.gram`).
-* **unscale**: with a ``GradScaler``, ``G / s^2``: weights and coefficients come from the
-  unscaled values.
+  rank forms the same $G$ and the same weights.
+* **gram**: $G = J J^\top$ by the one precision rule (:func:`mograd.gramian.gram`).
+* **unscale**: with a ``GradScaler`` of scale $s$, $G / s^2$: weights and coefficients come
+  from the unscaled values.
 * **combine** (:class:`Combiner`): normalization, the weighting (paper eq. 8 by default),
   MIB's reweighting and Smooth-IB coefficients (eqs. 12-14), all in
-  :func:`mograd.weightings.combine`; k = 1 is the identity ``c = 1`` on every source.
+  :func:`mograd.weightings.combine`; $k = 1$ is the identity $c = 1$ on every source.
 * **guard** (:func:`run`): one host read of one boolean decides; only when it is false the
   exact checks name what is not finite, a Gram matrix that overflowed for finite gradients
   is recomputed (:meth:`~mograd.sources.Collected.gram` with ``exact``), and the step is
@@ -47,7 +47,7 @@ _UNTOUCHED = (
 
 
 class Combiner:
-    """The combine stage: ``(G, L) -> c`` for the wrapper's options."""
+    r"""The combine stage: $(G, L) \mapsto c$ for the wrapper's options."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -138,7 +138,7 @@ def _slow_path(
     update: Update,
     saved: dict[str, Any] | None,
 ) -> StepInfo:
-    """After the cheap check failed: name the problem, or recover from an overflowed ``G``."""
+    """After the cheap check failed: name the problem, or recover from an overflowed $G$."""
     problem = _diagnose(col, update)
     gram = col.gram()
     if problem is None and gram is not None and not bool(torch.isfinite(gram).all()):

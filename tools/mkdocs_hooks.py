@@ -7,7 +7,8 @@
   ``mkdocs build --strict`` still fails on it.
 * :class:`GoogleExampleSections`, a griffe extension for mkdocstrings: mograd's docstrings
   title their doctests ``Example:``, which Google style allows; griffe only recognizes
-  ``Examples:``, so the section is renamed before parsing and rendered as code.
+  ``Examples:``, so the section is renamed before parsing and rendered as code. Sphinx roles
+  (``:class:`~mograd.StepInfo```) become code spans (``StepInfo``).
 * KaTeX, served from the site itself: the pages (and the docstrings on the reference page)
   write math as ``$...$`` inline and ``$$...$$`` on lines of their own; ``pymdownx.arithmatex``
   (generic mode) wraps it in ``.arithmatex`` elements, and KaTeX's auto-render draws it in
@@ -78,13 +79,27 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
     return LINK.sub(rewrite, markdown)
 
 
+ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):`(~?)([^`]+)`")
+
+
+def _role(match: re.Match[str]) -> str:
+    """A Sphinx role as a code span: ``:class:`~a.b.C``` reads ``C``, without ``~`` the path."""
+    short, target = match.group(1), match.group(2)
+    return f"`{target.rsplit('.', 1)[-1] if short else target}`"
+
+
 class GoogleExampleSections(griffe.Extension):
-    """Read an ``Example:`` docstring section as Google style's ``Examples:``."""
+    """Read an ``Example:`` docstring section as Google style's ``Examples:``, and Sphinx
+    roles (``:class:`...```, ``:func:`...```, ...) as code spans, which Markdown renders."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         doc = obj.docstring
-        if doc is not None and "Example:" in doc.value:
+        if doc is None:
+            return
+        if "Example:" in doc.value:
             doc.value = EXAMPLE.sub(r"\1Examples:", doc.value)
+        if "`" in doc.value:
+            doc.value = ROLE.sub(_role, doc.value)
 
 
 KATEX_VERSION = "0.16.47"

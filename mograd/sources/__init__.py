@@ -1,15 +1,13 @@
-"""Gradient sources: what one step gathers from the losses, behind one interface
+r"""Gradient sources: what one step gathers from the losses, behind one interface
 (:class:`~mograd.sources.base.Collected`).
 
-========== ============================================ =============== ==========
-source     gathers                                      ``G``           accumulates
-========== ============================================ =============== ==========
-rows       k per-loss gradients as rows of ``J``        ``J_S J_S^T``   yes
-single     the gradient of the one loss (k = 1)         ``|g|^2``       yes
-gramian    forward records (:mod:`mograd.frugal`)       module by module no
-features   per-loss gradients w.r.t. the features ``z`` ``J_z J_z^T``   no
-losses     the loss values only (loss-level weightings) none            no
-========== ============================================ =============== ==========
+| source   | gathers                                      | $G$                 | accumulates |
+|----------|----------------------------------------------|---------------------|-------------|
+| rows     | $k$ per-loss gradients as rows of $J$        | $J_S J_S^\top$      | yes         |
+| single   | the gradient of the one loss ($k = 1$)       | $\lVert g \rVert^2$ | yes         |
+| gramian  | forward records (:mod:`mograd.frugal`)       | module by module    | no          |
+| features | per-loss gradients w.r.t. the features $z$   | $J_z J_z^\top$      | no          |
+| losses   | the loss values only (loss-level weightings) | none                | no          |
 """
 
 from .base import Collected, Step, Update

@@ -1,10 +1,10 @@
-"""The interface every gradient source implements: :class:`Collected` and :class:`Update`.
+r"""The interface every gradient source implements: :class:`Collected` and :class:`Update`.
 
 A *source* gathers what one step needs from the losses (per-loss gradients, the Gram
 matrix's records, feature gradients, or only the loss values) into a :class:`Collected`.
 The step pipeline (:mod:`mograd.pipeline`) then runs the same stages on every source:
 ``reduce`` over the process group, ``gram``, the weighting, the non-finite guard, and
-``prepare(c).commit()``, which writes ``.grad = sum_i c_i grad L_i``.
+``prepare(c).commit()``, which adds $\sum_i c_i \nabla L_i$ to ``.grad``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Step:
     """What every source is told about one step.
 
     Attributes:
-        losses: The k scalar losses (scaled by the GradScaler when there is one).
+        losses: The $k$ scalar losses (scaled by the GradScaler when there is one).
         values: Their detached, unscaled values in at least float32, ``(k,)``.
         params: The optimizer's parameters that require grad, shared ones first.
         n_shared: How many of ``params`` are shared (enter the Gram matrix).
@@ -58,7 +58,7 @@ class Step:
     @property
     def extras(self) -> list[torch.Tensor]:
         """Leaves outside the optimizer that the losses reach (found once, by a graph walk):
-        they receive their gradient as after ``loss.backward()``, but never enter ``G``."""
+        they receive their gradient as after ``loss.backward()``, but never enter $G$."""
         if self._extras is None:
             held = {id(p) for p in self.params}
             self._extras = [v for v in reached_leaves(self.losses) if id(v) not in held]
@@ -71,7 +71,7 @@ class Step:
 
 
 class Update(ABC):
-    """The combined gradient ``sum_i c_i grad L_i`` of one step, not yet (or undoably)
+    r"""The combined gradient $\sum_i c_i \nabla L_i$ of one step, not yet (or undoably)
     part of ``.grad``."""
 
     def finite(self) -> torch.Tensor | None:
@@ -116,16 +116,16 @@ class Collected(ABC):
 
     @abstractmethod
     def reduce(self, group: Any) -> None:
-        """Average over the process group, so that every rank forms the same ``G``."""
+        """Average over the process group, so that every rank forms the same $G$."""
 
     @abstractmethod
     def gram(self, exact: bool = False) -> torch.Tensor | None:
-        """``G`` of the (scaled) per-loss gradients on the shared parameters, by the
+        """$G$ of the (scaled) per-loss gradients on the shared parameters, by the
         precision rule of :func:`mograd.gramian.gram`; ``exact``: recompute it when the
         first one overflowed for finite gradients. ``None``: the source forms none."""
 
     def finite(self) -> torch.Tensor | None:
-        """A 0-d bool tensor: the gathered gradients that ``G`` does not cover are finite."""
+        """A 0-d bool tensor: the gathered gradients that $G$ does not cover are finite."""
         return None
 
     def problem(self) -> str | None:
@@ -134,7 +134,7 @@ class Collected(ABC):
 
     @abstractmethod
     def prepare(self, coefficients: torch.Tensor) -> Update:
-        """The combined gradient for the coefficients ``c`` (on the raw gradients)."""
+        """The combined gradient for the coefficients $c$ (on the raw gradients)."""
 
     def add_(self, other: Collected) -> None:
         """Sum another micro-batch into this one (sources with ``accumulates``)."""

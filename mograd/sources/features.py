@@ -1,9 +1,9 @@
-"""Representation mode (``features=z``, MGDA-UB): the Gram matrix of the per-loss gradients
-with respect to the shared representation ``z``, then one backward pass of ``sum_i c_i L_i``.
+r"""Representation mode (``features=z``, MGDA-UB): the Gram matrix of the per-loss gradients
+with respect to the shared representation $z$, then one backward pass of $\sum_i c_i L_i$.
 
-Cheaper than the exact step (k backward passes only down to ``z``), an approximation of it
+Cheaper than the exact step ($k$ backward passes only down to $z$), an approximation of it
 (``docs/performance.md``). Under ``torch.distributed`` the features of different ranks are
-different samples, so the full-batch ``G`` is the sum of the per-rank ones (up to a scale
+different samples, so the full-batch $G$ is the sum of the per-rank ones (up to a scale
 that the weights ignore: divided by the squared world size, as for averaged gradients).
 """
 
@@ -41,7 +41,7 @@ def check_features(features: torch.Tensor | Sequence[torch.Tensor]) -> list[torc
 
 
 def collect_features(step: Step, feats: list[torch.Tensor]) -> FeaturesCollected:
-    """k backward passes down to the features (the graph is kept for the update)."""
+    """$k$ backward passes down to the features (the graph is kept for the update)."""
     jac_z, _, _ = jacobian_rows(step.losses, feats, [], True, "the features")
     return FeaturesCollected(step, jac_z)
 

@@ -1,5 +1,5 @@
-"""Loss-level weightings (``needs_gram = False``: FAMO, UW, DWA, ...): the coefficients
-come from the loss values alone, so the step is one backward pass of ``sum_i c_i L_i``,
+r"""Loss-level weightings (``needs_gram = False``: FAMO, UW, DWA, ...): the coefficients
+come from the loss values alone, so the step is one backward pass of $\sum_i c_i L_i$,
 the price of a plain step; no per-loss gradient and no Gram matrix is formed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""k = 1: the step is exactly ``loss.backward()``.
+r"""$k = 1$: the step is exactly ``loss.backward()``.
 
 After ``zero_grad`` (no leaf holds a ``.grad`` or a post-accumulate-grad hook) and outside
 ``torch.distributed``, one plain ``torch.autograd.backward`` writes every ``.grad`` itself,
@@ -60,8 +60,9 @@ class SingleCollected(Collected):
         self.values = distributed.mean_(values, group)
 
     def gram(self, exact: bool = False) -> torch.Tensor:
-        """``|g|^2`` (1 x 1) on the shared parameters, in float64 (``exact``: also summed in
-        float64, so that gradients near the float32 maximum give a finite norm)."""
+        r"""$\lVert g \rVert^2$ ($1 \times 1$) on the shared parameters, in float64
+        (``exact``: also summed in float64, so that gradients near the float32 maximum give a
+        finite norm)."""
         acc = gram_dtype(self.values.device)
         shared = [g for g in self.grads[: self.step.n_shared] if g is not None]
         if not shared:

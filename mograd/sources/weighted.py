@@ -1,5 +1,5 @@
-"""The update by one backward pass of ``sum_i c_i L_i`` (representation mode and loss-level
-weightings; the gradient is ``sum_i c_i grad L_i`` by linearity).
+r"""The update by one backward pass of $\sum_i c_i L_i$ (representation mode and loss-level
+weightings; the gradient is $\sum_i c_i \nabla L_i$ by linearity).
 
 After ``zero_grad`` and outside ``torch.distributed`` the pass writes every ``.grad`` itself,
 as ``loss.backward()`` would (the hand-written step's cost), and a step the guard rejects
@@ -21,7 +21,7 @@ __all__ = ["weighted_update"]
 def weighted_update(
     step: Step, coefficients: torch.Tensor, what: str = "non-finite gradient"
 ) -> Update:
-    """``sum_i c_i grad L_i`` on every leaf the losses reach, by one backward pass
+    r"""$\sum_i c_i \nabla L_i$ on every leaf the losses reach, by one backward pass
     (``what`` names a non-finite result)."""
     ref = step.losses[0]
     total = (coefficients.detach().to(ref.dtype) * torch.stack(step.losses)).sum()

@@ -1,54 +1,52 @@
-"""Weightings: pure maps from the k x k Gram matrix (or the k loss values) to k weights.
+r"""Weightings: pure maps from the $k \times k$ Gram matrix (or the $k$ loss values) to $k$ weights.
 
 The pure layer beside :mod:`mograd.solver`: no parameters, no autograd. Every weighting is a
-:class:`Weighting`; calling it on the Gram matrix ``G = J J^T`` returns weights ``w`` and the
-optimizer's update is ``sum_i w_i g_i``. A :class:`LossWeighting` (``needs_gram`` false)
+:class:`Weighting`; calling it on the Gram matrix $G = J J^\top$ returns weights $w$ and the
+optimizer's update is $\sum_i w_i g_i$. A :class:`LossWeighting` (``needs_gram`` false)
 needs only the loss values, ``c = weighting(None, losses)``, and its update is the gradient of
-``sum_i c_i L_i``: one backward pass. :func:`combine` adds gradient normalization and MIB's
+$\sum_i c_i L_i$: one backward pass. :func:`combine` adds gradient normalization and MIB's
 reweighting and Smooth-IB coefficients around any of them.
 
 Gram-matrix weightings (``needs_gram``; the per-loss gradients or their Gram matrix):
 
-==================  =========================================================  ===================
-name                method (paper)                                               file
-==================  =========================================================  ===================
-``"min_norm"``      MinNorm / MGDA (Sener & Koltun 2018; MIB eq. 8)              ``_min_norm.py``
-``"mean"``          Mean, equal weights                                          ``_constant.py``
-``"sum"``           Sum, all weights 1                                           ``_sum.py``
-(instance only)     Constant(w), fixed weights (linear scalarization)            ``_constant.py``
-``"upgrad"``        UPGrad, sum of dual-cone projections (Quinton & Rey 2024)    ``_upgrad.py``
-``"dualproj"``      DualProj, mean projected on the dual cone (GEM 2017)         ``_dualproj.py``
-``"imtlg"``         IMTL-G, equal projections (Liu et al. 2021)                  ``_imtlg.py``
-``"aligned_mtl"``   Aligned-MTL, balanced eigenbasis (Senushkin et al. 2023)     ``_aligned_mtl.py``
-``"cagrad"``        CAGrad(c=0.5), conflict-averse (Liu et al. 2021)             ``_cagrad.py``
-``"pcgrad"``        PCGrad, gradient surgery (Yu et al. 2020); seeded RNG        ``_pcgrad.py``
-``"nash_mtl"``      Nash-MTL, bargaining solution (Navon et al. 2022); stateful  ``_nash_mtl.py``
-``"fairgrad"``      FairGrad, alpha-fair (Ban & Ji 2024)                         ``_fairgrad.py``
-``"config"``        ConFIG, conflict-free direction (Liu et al. 2024)            ``_config.py``
-``"gradvac"``       GradVac, cosine targets (Wang et al. 2021); stateful         ``_gradvac.py``
-``"excess_mtl"``    ExcessMTL, excess risks (He et al. 2024); stateful           ``_excess_mtl.py``
-``"cr_mogm"``       CR-MOGM, EMA of any weighting (Zhou et al. 2022); stateful   ``_crmogm.py``
-``"krum"``          Krum / Multi-Krum (Blanchard et al. 2017)                    ``_krum.py``
-``"pcd"``           PCD, priority-constrained (Varam et al. 2026); stateful      ``_pcd.py``
-``"modo"``          MoDo (Chen et al. 2023); stateful                            ``_modo.py``
-``"sdmgrad"``       SDMGrad (Xiao et al. 2023); stateful                         ``_sdmgrad.py``
-``"gradnorm"``      GradNorm, learned (Chen et al. 2018); uses losses            ``_gradnorm.py``
-``"imtl"``          IMTL, IMTL-G + IMTL-L (Liu et al. 2021); uses losses         ``_imtl.py``
-==================  =========================================================  ===================
+| name | method (paper) | file |
+|---|---|---|
+| ``"min_norm"`` | MinNorm / MGDA (Sener & Koltun 2018; MIB eq. 8) | ``_min_norm.py`` |
+| ``"mean"`` | Mean, equal weights | ``_constant.py`` |
+| ``"sum"`` | Sum, all weights 1 | ``_sum.py`` |
+| (instance only) | Constant(w), fixed weights (linear scalarization) | ``_constant.py`` |
+| ``"upgrad"`` | UPGrad, sum of dual-cone projections (Quinton & Rey 2024) | ``_upgrad.py`` |
+| ``"dualproj"`` | DualProj, mean projected on the dual cone (GEM 2017) | ``_dualproj.py`` |
+| ``"imtlg"`` | IMTL-G, equal projections (Liu et al. 2021) | ``_imtlg.py`` |
+| ``"aligned_mtl"`` | Aligned-MTL, eigenbasis (Senushkin et al. 2023) | ``_aligned_mtl.py`` |
+| ``"cagrad"`` | CAGrad(c=0.5), conflict-averse (Liu et al. 2021) | ``_cagrad.py`` |
+| ``"pcgrad"`` | PCGrad, gradient surgery (Yu et al. 2020); seeded RNG | ``_pcgrad.py`` |
+| ``"nash_mtl"`` | Nash-MTL, bargaining solution (Navon et al. 2022); stateful | ``_nash_mtl.py`` |
+| ``"fairgrad"`` | FairGrad, alpha-fair (Ban & Ji 2024) | ``_fairgrad.py`` |
+| ``"config"`` | ConFIG, conflict-free direction (Liu et al. 2024) | ``_config.py`` |
+| ``"gradvac"`` | GradVac, cosine targets (Wang et al. 2021); stateful | ``_gradvac.py`` |
+| ``"excess_mtl"`` | ExcessMTL, excess risks (He et al. 2024); stateful | ``_excess_mtl.py`` |
+| ``"cr_mogm"`` | CR-MOGM, EMA of any weighting (Zhou et al. 2022); stateful | ``_crmogm.py`` |
+| ``"krum"`` | Krum / Multi-Krum (Blanchard et al. 2017) | ``_krum.py`` |
+| ``"pcd"`` | PCD, priority-constrained (Varam et al. 2026); stateful | ``_pcd.py`` |
+| ``"modo"`` | MoDo (Chen et al. 2023); stateful | ``_modo.py`` |
+| ``"sdmgrad"`` | SDMGrad (Xiao et al. 2023); stateful | ``_sdmgrad.py`` |
+| ``"gradnorm"`` | GradNorm, learned (Chen et al. 2018); uses losses | ``_gradnorm.py`` |
+| ``"imtl"`` | IMTL, IMTL-G + IMTL-L (Liu et al. 2021); uses losses | ``_imtl.py`` |
 
 Loss-level weightings (``needs_gram`` false; one backward pass):
 
-==================  =========================================================  ===================
-``"random"``        RLW, random weights (Lin et al. 2022); seeded RNG            ``_random.py``
-``"uw"``            UW, learned log-variances (Kendall et al. 2018)              ``_uw.py``
-``"dwa"``           DWA, dynamic weight average (Liu et al. 2019)                ``_dwa.py``
-``"famo"``          FAMO, fast adaptive (Liu et al. 2023)                        ``_famo.py``
-``"stch"``          STCH, smooth Tchebycheff (Lin et al. 2024)                   ``_stch.py``
-``"imtl_l"``        IMTL-L, learned loss scales (Liu et al. 2021)                ``_imtl_l.py``
-``"gls"``           GLS, geometric mean (Chennupati et al. 2019)                 ``_gls.py``
-``"cosmos"``        COSMOS, cosine-penalized (Ruchte & Grabocka 2021)            ``_cosmos.py``
-``"pbi"``           PBI, boundary intersection (Zhang & Li 2007)                 ``_pbi.py``
-==================  =========================================================  ===================
+| name | method (paper) | file |
+|---|---|---|
+| ``"random"`` | RLW, random weights (Lin et al. 2022); seeded RNG | ``_random.py`` |
+| ``"uw"`` | UW, learned log-variances (Kendall et al. 2018) | ``_uw.py`` |
+| ``"dwa"`` | DWA, dynamic weight average (Liu et al. 2019) | ``_dwa.py`` |
+| ``"famo"`` | FAMO, fast adaptive (Liu et al. 2023) | ``_famo.py`` |
+| ``"stch"`` | STCH, smooth Tchebycheff (Lin et al. 2024) | ``_stch.py`` |
+| ``"imtl_l"`` | IMTL-L, learned loss scales (Liu et al. 2021) | ``_imtl_l.py`` |
+| ``"gls"`` | GLS, geometric mean (Chennupati et al. 2019) | ``_gls.py`` |
+| ``"cosmos"`` | COSMOS, cosine-penalized (Ruchte & Grabocka 2021) | ``_cosmos.py`` |
+| ``"pbi"`` | PBI, boundary intersection (Zhang & Li 2007) | ``_pbi.py`` |
 
 Each is described, with its formula, cost and when to use it, in ``docs/weightings.md``.
 

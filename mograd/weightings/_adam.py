@@ -1,9 +1,9 @@
-"""Adam on a small tensor held by a weighting, with the update masked by a finiteness flag.
+r"""Adam on a small tensor held by a weighting, with the update masked by a finiteness flag.
 
 The loss-level weightings with learned parameters (UW, IMTL-L, FAMO, GradNorm, IMTL) train
 them inside the weighting with this update rule: Adam (Kingma & Ba 2015) as
 :class:`torch.optim.Adam` computes it (L2 ``weight_decay`` added to the gradient, bias
-corrections ``1 - beta^t``), written with out-of-place tensor operations so that the whole
+corrections $1 - \beta^t$), written with out-of-place tensor operations so that the whole
 step runs on the losses' device without a host synchronization, and so that a step whose
 input was not finite (``ok`` false) leaves every state tensor exactly as it was.
 """

@@ -24,13 +24,14 @@ _SCALE_MODES = ("min", "median", "rmse")
 class AlignedMTL(Weighting):
     r"""Aligned-MTL (Senushkin et al. 2023): align the principal components of the gradients.
 
-    With the eigendecomposition ``G = V diag(lambda) V^T`` restricted to the ``r``
-    eigenvalues above ``k * eps(dtype) * max(lambda)`` (the rank), the balance transformation
-    ``B = sqrt(s) V diag(lambda)^(-1/2) V^T`` makes the transformed gradients ``B^T J``
-    orthogonal with equal norms ``sqrt(s)``, ``s`` being the smallest kept eigenvalue
-    (``"min"``, the paper), their lower median (``"median"``) or their mean (``"rmse"``).
-    The weights are ``w = B p`` for the preference vector ``p``. A zero Gram matrix gives
-    ``w = p``.
+    With the eigendecomposition $G = V \operatorname{diag}(\lambda) V^\top$ restricted to the
+    $r$ eigenvalues above $k \, \varepsilon \max_i \lambda_i$ ($\varepsilon$ the machine
+    epsilon of the dtype; $r$ is the rank), the balance transformation
+    $B = \sqrt{s} \, V \operatorname{diag}(\lambda)^{-1/2} V^\top$ makes the transformed
+    gradients $B^\top J$ orthogonal with equal norms $\sqrt{s}$, $s$ being the smallest kept
+    eigenvalue (``"min"``, the paper), their lower median (``"median"``) or their mean
+    (``"rmse"``). The weights are $w = B p$ for the preference vector $p$. A zero Gram matrix
+    gives $w = p$.
 
     When to use it: losses with conflicting and dominating gradients; the update's
     condition number is 1 by construction, and the weights are invariant to the scale of
@@ -39,8 +40,8 @@ class AlignedMTL(Weighting):
     Host round trip: yes (an eigendecomposition in float64 on the host).
 
     Args:
-        pref_vector: Preference weights ``p`` (k finite values >= 0, not all zero); default
-            ``1/k`` each.
+        pref_vector: Preference weights $p$ ($k$ finite values $\ge 0$, not all zero);
+            default $1/k$ each.
         scale_mode: ``"min"`` (default), ``"median"`` or ``"rmse"``.
 
     Example:

@@ -1,12 +1,12 @@
-"""The :class:`Weighting` protocol and its loss-level kind, :class:`LossWeighting`.
+r"""The :class:`Weighting` protocol and its loss-level kind, :class:`LossWeighting`.
 
-A :class:`Weighting` maps the k x k Gram matrix ``G = J J^T`` of the per-loss gradients (and,
-when it asks for them, the k loss values) to k weights. A :class:`LossWeighting` (a
-"scalarizer") needs only the loss values: its weights are the coefficients ``c_i`` of
-``sum_i c_i L_i``, whose gradient is the gradient of its scalarized loss, so one backward pass
+A :class:`Weighting` maps the $k \times k$ Gram matrix $G = J J^\top$ of the per-loss gradients
+(and, when it asks for them, the $k$ loss values) to $k$ weights. A :class:`LossWeighting` (a
+"scalarizer") needs only the loss values: its weights are the coefficients $c_i$ of
+$\sum_i c_i L_i$, whose gradient is the gradient of its scalarized loss, so one backward pass
 of that sum is the whole step. Neither touches parameters or autograd: the optimizer
-(:mod:`mograd.optimizer`) forms what the weighting needs and applies the weights as
-``.grad = sum_i w_i grad L_i``.
+(:mod:`mograd.optimizer`) forms what the weighting needs and applies the weights, writing
+$\sum_i w_i \nabla L_i$ into ``.grad``.
 
 The contract on non-finite input is the same for every weighting: a Gram matrix (or loss
 vector, where used) with a NaN or infinite entry gives all-NaN weights of shape ``(k,)``,
@@ -41,16 +41,16 @@ def check_loss_vector(losses: object) -> None:
 
 
 class Weighting:
-    """Base class of the weightings: ``weighting(gram, losses=None) -> weights``.
+    r"""Base class of the weightings: ``weighting(gram, losses=None) -> weights``.
 
     Subclasses implement :meth:`weigh`. Calling the instance validates the input (shape and
     dtype only: no host synchronization) and returns weights of shape ``(k,)`` on the Gram
-    matrix's device and dtype. The combined gradient is ``sum_i w_i g_i``.
+    matrix's device and dtype. The combined gradient is $\sum_i w_i g_i$.
 
     Class attributes:
         host_sync: ``True`` when computing the weights reads the device (a QP or an
             iterative solve on the host). ``False`` for weightings made of tensor operations
-            only (``Mean``, ``Constant``, ``MinNorm`` for k <= 2, ...).
+            only (``Mean``, ``Constant``, ``MinNorm`` for $k \le 2$, ...).
         needs_gram: ``True`` (every Gram-matrix weighting); ``False`` for the loss-level
             :class:`LossWeighting`, for which the optimizer runs a single backward pass.
         needs_losses: ``True`` when :meth:`weigh` uses the loss values.
@@ -95,12 +95,12 @@ class Weighting:
 
 
 class LossWeighting(Weighting):
-    """A weighting of the loss values alone (a scalarizer): ``c = weighting(None, losses)``.
+    r"""A weighting of the loss values alone (a scalarizer): ``c = weighting(None, losses)``.
 
-    The returned coefficients are the gradient of the method's scalarized loss ``S(L)`` with
-    respect to the loss values, ``c_i = dS / dL_i`` at the current values, so that
-    ``sum_i c_i grad L_i = grad S``: one backward pass of ``sum_i c_i L_i`` gives the method's
-    update. Subclasses implement :meth:`weigh_losses`. A Gram matrix may be passed (then it
+    The returned coefficients are the gradient of the method's scalarized loss $S(L)$ with
+    respect to the loss values, $c_i = \partial S / \partial L_i$ at the current values, so
+    that $\sum_i c_i \nabla L_i = \nabla S$: one backward pass of $\sum_i c_i L_i$ gives the
+    method's update. Subclasses implement :meth:`weigh_losses`. A Gram matrix may be passed (then it
     fixes the output's device and dtype and a non-finite one gives NaN weights) but is never
     used.
 

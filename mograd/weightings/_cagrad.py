@@ -22,32 +22,39 @@ __all__ = ["CAGrad"]
 class CAGrad(Weighting):
     r"""Conflict-averse gradient descent (CAGrad; Liu et al. 2021).
 
-    CAGrad looks for the update ``d`` within a ball around the mean gradient ``g_0 = J^T a``
-    (``a = 1/k``) that maximizes the smallest improvement,
-    ``max_d min_i g_i^T d`` s.t. ``|d - g_0| <= c |g_0|``. Its dual (the paper's eq. 4) is
+    CAGrad looks for the update $d$ within a ball around the mean gradient $g_0 = J^\top a$
+    ($a_i = 1/k$) that maximizes the smallest improvement,
+    $\max_d \min_i g_i^\top d$ s.t. $\lVert d - g_0 \rVert \le c \lVert g_0 \rVert$. Its dual
+    (the paper's eq. 4) is
 
-    ``w* = argmin_{w in simplex} w^T G a + c |g_0| sqrt(w^T G w)``,
+    $$
+    w^* = \arg\min_{w \in \Delta} \; w^\top G a + c \lVert g_0 \rVert \sqrt{w^\top G w},
+    $$
 
-    and the update is ``d = g_0 + (c |g_0| / |g_w|) g_w`` with ``g_w = J^T w*``, that is the
-    weights ``a + (c |g_0| / |g_w|) w*`` (divided by ``1 + c^2`` with ``rescale=True``, as the
-    paper's code does by default). The dual is solved without a generic cone solver: with
-    ``sqrt(q) = min_t (q / t + t) / 2``, each fixed ``t`` is a QP on the simplex (solved
-    exactly by an active-set method), and the optimal ``t = |g_w|`` is found by a bisection
-    safeguarding an exact root on the current support (``|t - |g_w|| <= 5e-11 t``), in
-    float64 on the host. ``c = 0`` gives the mean gradient.
-    When ``|g_w| < norm_eps sqrt(trace G)`` (zero is, up to ``norm_eps``, in the convex hull
-    of the gradients: a Pareto-stationary point) the weights are zero, as in TorchJD.
+    $\Delta$ the simplex, and the update is
+    $d = g_0 + (c \lVert g_0 \rVert / \lVert g_w \rVert) \, g_w$ with $g_w = J^\top w^*$, that
+    is the weights $a + (c \lVert g_0 \rVert / \lVert g_w \rVert) \, w^*$ (divided by
+    $1 + c^2$ with ``rescale=True``, as the paper's code does by default). The dual is solved
+    without a generic cone solver: with $\sqrt{q} = \min_t (q / t + t) / 2$, each fixed $t$ is
+    a QP on the simplex (solved exactly by an active-set method), and the optimal
+    $t = \lVert g_w \rVert$ is found by a bisection safeguarding an exact root on the current
+    support ($\lvert t - \lVert g_w \rVert \rvert \le 5 \cdot 10^{-11} \, t$), in float64 on
+    the host. $c = 0$ gives the mean gradient.
+    When $\lVert g_w \rVert < \epsilon \sqrt{\operatorname{tr} G}$ with $\epsilon$ =
+    ``norm_eps`` (zero is, up to ``norm_eps``, in the convex hull of the gradients: a
+    Pareto-stationary point) the weights are zero, as in TorchJD.
 
     When to use it: conflicting losses where the mean gradient should be kept as the anchor
-    while improving the worst loss; ``c`` interpolates between the mean gradient (``c = 0``)
-    and MGDA-like behaviour (large ``c``).
+    while improving the worst loss; $c$ interpolates between the mean gradient ($c = 0$)
+    and MGDA-like behaviour (large $c$).
 
     Host round trip: yes (a few small QPs on the host per step).
 
     Args:
-        c: Radius of the ball around the mean gradient, relative to ``|g_0|`` (``>= 0``).
-        rescale: Divide the weights by ``1 + c^2``.
-        norm_eps: Relative norm under which ``g_w`` counts as zero.
+        c: Radius of the ball around the mean gradient, relative to $\lVert g_0 \rVert$
+            ($\ge 0$).
+        rescale: Divide the weights by $1 + c^2$.
+        norm_eps: Relative norm under which $g_w$ counts as zero.
 
     Example:
         >>> import torch
@@ -121,11 +128,11 @@ class CAGrad(Weighting):
 
 
 def _face_root(gn: np.ndarray, b: np.ndarray, rho: float, w: np.ndarray) -> float:
-    """The fixed point ``t = |g_w(t)|`` if the support of ``w`` stays optimal (else NaN).
+    r"""The fixed point $t = \lVert g_w(t) \rVert$ if the support of $w$ stays optimal (else NaN).
 
-    On a fixed support ``S`` the inner QP's solution is affine in ``t``:
-    ``w_S = alpha + t beta`` (from its KKT system), so ``t^2 = w^T G w`` is a quadratic
-    equation in ``t``; its positive root is the exact answer when the support is right,
+    On a fixed support $S$ the inner QP's solution is affine in $t$:
+    $w_S = \alpha + t \beta$ (from its KKT system), so $t^2 = w^\top G w$ is a quadratic
+    equation in $t$; its positive root is the exact answer when the support is right,
     and a Newton-like next guess otherwise (the caller keeps it inside the bisection bracket).
     """
     s = np.flatnonzero(w > 0)

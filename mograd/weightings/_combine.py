@@ -1,17 +1,19 @@
-"""From the Gram matrix to the per-loss coefficients: normalization, weighting, MIB.
+r"""From the Gram matrix to the per-loss coefficients: normalization, weighting, MIB.
 
 :func:`combine` is the whole pure part of a mograd step, in order:
 
-1. normalizers ``n_i`` (not in the paper; the MGDA reference code and LibMTL have them):
-   ``1`` (``"none"``), ``|g_i|`` (``"l2"``), ``|L_i|`` (``"loss"``), ``|L_i| |g_i|``
-   (``"loss+"``), with ``|g_i| = sqrt(G_ii)``; a zero normalizer counts as 1;
-2. the weights ``w`` of any :class:`~mograd.weightings.Weighting` on the normalized Gram
-   matrix ``G~_ij = G_ij / (n_i n_j)`` (paper eq. 8 for ``MinNorm``);
-3. MIB's nonlinear reweighting ``w~ = w ** p`` (paper eq. 12);
-4. MIB's Smooth-IB coefficients ``c = w~ (1 + softmax(w~ L~ / mu))`` with ``L~ = L / n``
-   (paper eqs. 13-14; ``c = w~`` without smoothing);
-5. the coefficients on the raw per-loss gradients: ``c / n`` (LibMTL convention, the update
-   is ``sum_i c_i g_i / n_i``) or ``c`` (the original MGDA code's convention: the weights of
+1. normalizers $n_i$ (not in the paper; the MGDA reference code and LibMTL have them):
+   $1$ (``"none"``), $\lVert g_i \rVert$ (``"l2"``), $\lvert L_i \rvert$ (``"loss"``),
+   $\lvert L_i \rvert \, \lVert g_i \rVert$ (``"loss+"``), with
+   $\lVert g_i \rVert = \sqrt{G_{ii}}$; a zero normalizer counts as 1;
+2. the weights $w$ of any :class:`~mograd.weightings.Weighting` on the normalized Gram
+   matrix $\tilde G_{ij} = G_{ij} / (n_i n_j)$ (paper eq. 8 for ``MinNorm``);
+3. MIB's nonlinear reweighting $\tilde w = w^p$ (paper eq. 12);
+4. MIB's Smooth-IB coefficients
+   $c = \tilde w \odot \big(1 + \operatorname{softmax}(\tilde w \odot \tilde L / \mu)\big)$
+   with $\tilde L = L / n$ (paper eqs. 13-14; $c = \tilde w$ without smoothing);
+5. the coefficients on the raw per-loss gradients: $c / n$ (LibMTL convention, the update
+   is $\sum_i c_i g_i / n_i$) or $c$ (the original MGDA code's convention: the weights of
    the normalized problem applied to the raw gradients).
 
 See ``docs/derivation.md`` for the derivation of step 4.
@@ -41,14 +43,14 @@ WeightFn = Weighting | Callable[[torch.Tensor], torch.Tensor]
 
 
 class Combination(NamedTuple):
-    """What :func:`combine` computed, every tensor of shape ``(k,)``.
+    r"""What :func:`combine` computed, every tensor of shape ``(k,)``.
 
     Attributes:
-        weights: ``w`` from the weighting, on the normalized problem.
-        reweighted: ``w~ = w ** power``.
-        coefficients: ``c``: the combined gradient is ``sum_i c_i g_i`` on the raw
-            per-loss gradients ``g_i``.
-        normalizers: ``n`` (all ones for ``"none"``).
+        weights: $w$ from the weighting, on the normalized problem.
+        reweighted: $\tilde w = w^p$, $p$ = ``power``.
+        coefficients: $c$: the combined gradient is $\sum_i c_i g_i$ on the raw
+            per-loss gradients $g_i$.
+        normalizers: $n$ (all ones for ``"none"``).
         iterations: Solver iterations (``MinNorm`` only; otherwise 0).
     """
 
@@ -60,7 +62,7 @@ class Combination(NamedTuple):
 
 
 def normalizers(gram: torch.Tensor | None, losses: torch.Tensor, mode: str) -> torch.Tensor:
-    """Gradient normalizers ``n`` (tensor operations only, no host synchronization).
+    """Gradient normalizers $n$ (tensor operations only, no host synchronization).
 
     Args:
         gram: The ``(k, k)`` Gram matrix of the raw gradients (``None`` only for ``"none"``
@@ -69,7 +71,7 @@ def normalizers(gram: torch.Tensor | None, losses: torch.Tensor, mode: str) -> t
         mode: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
 
     Returns:
-        ``n`` of shape ``(k,)`` in ``gram``'s dtype; zeros are replaced by 1 so that a zero
+        $n$ of shape ``(k,)`` in ``gram``'s dtype; zeros are replaced by 1 so that a zero
         gradient or a zero loss stays zero instead of turning into NaN.
 
     Example:
@@ -138,7 +140,7 @@ def combine(
     normalize: str = "none",
     normalized_update: bool = True,
 ) -> Combination:
-    """Per-loss coefficients from the Gram matrix and the loss values (the pure step).
+    r"""Per-loss coefficients from the Gram matrix and the loss values (the pure step).
 
     Args:
         gram: ``(k, k)`` Gram matrix of the raw per-loss gradients, or ``None`` for a
@@ -146,12 +148,12 @@ def combine(
         losses: ``(k,)`` loss values (detached).
         weighting: A :class:`~mograd.weightings.Weighting`, or any callable
             ``gram -> weights`` used as is.
-        power: Reweighting exponent ``p > 0`` (paper eq. 12; 1.0 = none, 2.0 = MIB).
-        mu: Smooth-IB temperature (paper eq. 13; 0.2 = MIB), or ``None`` for none.
+        power: Reweighting exponent $p > 0$ (paper eq. 12; ``1.0`` none, ``2.0`` MIB).
+        mu: Smooth-IB temperature $\mu$ (paper eq. 13; ``0.2`` MIB), or ``None`` for none.
         normalize: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
-        normalized_update: ``True`` (LibMTL): coefficients ``c / n`` on the raw gradients,
+        normalized_update: ``True`` (LibMTL): coefficients $c / n$ on the raw gradients,
             i.e. the update is built from the normalized gradients. ``False`` (original MGDA
-            code): ``c`` on the raw gradients.
+            code): $c$ on the raw gradients.
 
     Returns:
         A :class:`Combination` (on ``gram``'s device and dtype, or the losses' for

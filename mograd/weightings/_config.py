@@ -20,24 +20,25 @@ __all__ = ["ConFIG"]
 class ConFIG(Weighting):
     r"""Conflict-free gradient direction (ConFIG; Liu et al. 2024, eq. 2).
 
-    With the unit gradients ``u_i = g_i / |g_i|`` (rows of ``U``; a zero gradient gives a
-    zero row), the direction is the minimum-norm ``d_u`` with ``u_i^T d_u = p_i`` for every
-    ``i`` (least squares when no exact solution exists), ``d_u = U^+ p``, and the update is
-    ``(sum_i g_i^T e) e`` with ``e = d_u / |d_u|``: the same projection ratio ``p_i`` onto
-    every unit gradient, scaled to the sum of the gradients' projections. In Gram form, with
-    ``N = diag(1 / |g_i|)`` and the Gram matrix ``N G N`` of the unit gradients,
-    ``d_u = J^T a`` with ``a = N (N G N)^+ p``, and the weights are
-    ``w = (1^T G a / a^T G a) a``. The pseudo-inverse drops eigenvalues below
-    ``k * eps(dtype)`` times the largest (of ``N G N``, whose trace is the number of non-zero
-    gradients). Zero weights when ``d_u = 0``.
+    With the unit gradients $u_i = g_i / \lVert g_i \rVert$ (rows of $U$; a zero gradient
+    gives a zero row), the direction is the minimum-norm $d_u$ with $u_i^\top d_u = p_i$ for
+    every $i$ (least squares when no exact solution exists), $d_u = U^+ p$, and the update is
+    $\big(\sum_i g_i^\top e\big) \, e$ with $e = d_u / \lVert d_u \rVert$: the same
+    projection ratio $p_i$ onto every unit gradient, scaled to the sum of the gradients'
+    projections. In Gram form, with $N = \operatorname{diag}(1 / \lVert g_i \rVert)$ and the
+    Gram matrix $N G N$ of the unit gradients, $d_u = J^\top a$ with $a = N (N G N)^+ p$,
+    and the weights are $w = \big(\mathbf{1}^\top G a / a^\top G a\big) \, a$. The
+    pseudo-inverse drops eigenvalues below $k \, \varepsilon$ ($\varepsilon$ the machine
+    epsilon of the dtype) times the largest (of $N G N$, whose trace is the number of
+    non-zero gradients). Zero weights when $d_u = 0$.
 
     When to use it: several losses whose gradients should all improve at a rate set by
-    ``p`` (default equal rates); scale-free in each gradient, like IMTL-G.
+    $p$ (default equal rates); scale-free in each gradient, like IMTL-G.
 
     Host round trip: yes (an eigendecomposition in float64 on the host).
 
     Args:
-        pref_vector: The rates ``p`` (k finite values >= 0, not all zero); default all ones
+        pref_vector: The rates $p$ ($k$ finite values $\ge 0$, not all zero); default all ones
             (as TorchJD's ``ConFIG``).
 
     Example:

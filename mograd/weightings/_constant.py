@@ -1,6 +1,6 @@
 """Mean and Constant: fixed weights (linear scalarization).
 
-``Mean`` is ``w_i = 1/k`` (the "MIB w.o. aw" ablation of the paper's Fig. 5 when composed with
+``Mean`` is $w_i = 1/k$ (the "MIB w.o. aw" ablation of the paper's Fig. 5 when composed with
 MIB's reweighting); ``Constant(w)`` uses the given weights as they are (a preference ray of
 linear scalarization). Both are tensor operations only: no host synchronization. Both return
 NaN weights for a Gram matrix with a NaN or infinite entry (the contract of every weighting).
@@ -19,7 +19,7 @@ __all__ = ["Constant", "Mean"]
 
 
 class Mean(Weighting):
-    """Equal weights ``1/k``: the gradient of the mean loss.
+    """Equal weights $1/k$: the gradient of the mean loss.
 
     Example:
         >>> import torch
@@ -36,10 +36,10 @@ class Mean(Weighting):
 
 
 class Constant(Weighting):
-    """Fixed non-negative weights, used as given (linear scalarization).
+    r"""Fixed non-negative weights, used as given (linear scalarization).
 
     Args:
-        weights: k finite weights ``>= 0``, not all zero (a sequence or a 1-d tensor).
+        weights: $k$ finite weights $\ge 0$, not all zero (a sequence or a 1-d tensor).
 
     Raises:
         ValueError: If a weight is negative or non-finite, or all are zero; when called on a

@@ -22,25 +22,35 @@ __all__ = ["COSMOS"]
 class COSMOS(LossWeighting):
     r"""COSMOS (Ruchte & Grabocka 2021), a loss-level weighting.
 
-    With the preference ``r`` (default ``1/k``), the scalarized loss is
+    With the preference $r$ (default $r_i = 1/k$), the scalarized loss is
 
-    ``S = r^T L - lambda cos(r, L)``,   ``cos(r, L) = r^T L / (|r| |L|)``,
+    $$
+    S = r^\top L - \lambda \cos(r, L), \qquad
+    \cos(r, L) = \frac{r^\top L}{\lVert r \rVert \, \lVert L \rVert},
+    $$
 
-    so ``c = r - lambda (r / (|r| |L|) - (r^T L) L / (|r| |L|^3))`` (``c = r`` when
-    ``L = 0``). The penalty pulls the loss vector towards the preference ray. The full
-    method also feeds ``r`` to the model and draws a new ``r ~ Dirichlet(alpha)`` at every
-    step, which traces the Pareto front with one model: :meth:`sample_pref` draws it (from a
-    seeded generator, kept in :meth:`state_dict`), sets it and returns it, for the user to
-    condition the model on before the forward pass.
+    so
+
+    $$
+    c = r - \lambda \Big(\frac{r}{\lVert r \rVert \, \lVert L \rVert} -
+    \frac{(r^\top L) \, L}{\lVert r \rVert \, \lVert L \rVert^3}\Big)
+    $$
+
+    ($c = r$ when $L = 0$). The penalty pulls the loss vector towards the preference ray. The
+    full method also feeds $r$ to the model and draws a new
+    $r \sim \operatorname{Dirichlet}(\alpha)$ at every step, which traces the Pareto front
+    with one model: :meth:`sample_pref` draws it (from a seeded generator, kept in
+    :meth:`state_dict`), sets it and returns it, for the user to condition the model on
+    before the forward pass.
 
     When to use it: one model conditioned on the preference, covering the Pareto front.
 
     Cost: one backward pass (``needs_gram = False``). Host round trip: no.
 
     Args:
-        lambda_: Penalty ``lambda >= 0`` (the paper uses 0.01 to 8 depending on the data).
-        pref_vector: ``r`` (k finite values >= 0, not all zero); reassign between steps.
-        alpha: Concentration of the Dirichlet draws of :meth:`sample_pref` (``> 0``).
+        lambda_: Penalty $\lambda \ge 0$ (the paper uses 0.01 to 8 depending on the data).
+        pref_vector: $r$ ($k$ finite values $\ge 0$, not all zero); reassign between steps.
+        alpha: Concentration $\alpha > 0$ of the Dirichlet draws of :meth:`sample_pref`.
         seed: Seed of those draws.
 
     Example:
@@ -64,7 +74,8 @@ class COSMOS(LossWeighting):
         self._rng = np.random.default_rng(self.seed)
 
     def sample_pref(self, k: int) -> torch.Tensor:
-        """Draw ``r ~ Dirichlet(alpha)`` for ``k`` losses, set it as ``pref_vector``, return it."""
+        r"""Draw $r \sim \operatorname{Dirichlet}(\alpha)$ for $k$ losses, set it as
+        ``pref_vector``, return it."""
         r = self._rng.dirichlet(np.full(k, self.alpha))
         self.pref_vector = tuple(float(v) for v in r)
         return torch.tensor(self.pref_vector, dtype=torch.float64)

@@ -28,19 +28,21 @@ __all__ = ["CRMOGM"]
 class CRMOGM(Weighting):
     r"""Correlation-reduced stochastic multi-objective gradient manipulation (CR-MOGM).
 
-    With ``w^_t`` the weights of the wrapped weighting at step ``t``, the weights are
+    With $\hat w_t$ the weights of the wrapped weighting at step $t$, the weights are
 
-    ``w_t = alpha w_{t-1} + (1 - alpha) w^_t``,
+    $$
+    w_t = \alpha \, w_{t-1} + (1 - \alpha) \, \hat w_t,
+    $$
 
-    with ``w_0 = initial_weights``, or ``w^_1`` when none is given (so that the first step
+    with $w_0$ = ``initial_weights``, or $\hat w_1$ when none is given (so that the first step
     returns the wrapped weighting's weights). The moving average reduces the correlation
     between the weights and the stochastic gradients that biases MGDA-type updates; the
-    paper's Corollary 1 lets ``alpha`` grow to 1 as the learning rate decays (assign
+    paper's Corollary 1 lets $\alpha$ grow to 1 as the learning rate decays (assign
     ``crmogm.alpha`` between steps). The wrapped weighting's ``host_sync`` and
     ``needs_losses`` carry over.
 
     The average is the state (:meth:`state_dict`, with the wrapped weighting's state under
-    ``"inner"``); a change of ``k`` restarts it. When the wrapped weights are not finite the
+    ``"inner"``); a change of $k$ restarts it. When the wrapped weights are not finite the
     result is NaN and the average is left unchanged.
 
     When to use it: around MGDA, PCGrad or CAGrad with small batches, where the weights
@@ -48,8 +50,8 @@ class CRMOGM(Weighting):
 
     Args:
         weighting: The wrapped weighting (default :class:`~mograd.weightings.MinNorm`, MGDA).
-        alpha: Weight of the previous average, in ``[0, 1]`` (0: no smoothing).
-        initial_weights: ``w_0`` (k finite values >= 0, not all zero) or ``None``.
+        alpha: Weight $\alpha$ of the previous average, in $[0, 1]$ (0: no smoothing).
+        initial_weights: $w_0$ ($k$ finite values $\ge 0$, not all zero) or ``None``.
 
     Example:
         >>> import torch

@@ -1,18 +1,19 @@
-"""The dual active-set method of Goldfarb & Idnani (1983) for a nearest-point problem.
+r"""The dual active-set method of Goldfarb & Idnani (1983) for a nearest-point problem.
 
-``min_d |d - J^T u|^2 / 2`` subject to ``g_j^T d >= b_j`` for the constrained ``j``: the
-projection onto the dual cone of UPGrad and DualProj (``b = 0``, Quinton & Rey 2024,
-Proposition 1) and the QP of PCD. Its stationarity condition ``d = J^T (u + mu)``, with
-multipliers ``mu >= 0`` (zero off the constrained set), holds at every iteration; each
+$\min_d \lVert d - J^\top u \rVert^2 / 2$ subject to $g_j^\top d \ge b_j$ for the
+constrained $j$: the projection onto the dual cone of UPGrad and DualProj ($b = 0$, Quinton &
+Rey 2024, Proposition 1) and the QP of PCD. Its stationarity condition
+$d = J^\top (u + \mu)$, with multipliers $\mu \ge 0$ (zero off the constrained set), holds
+at every iteration; each
 iteration adds the most violated constraint, dropping active ones whose multiplier reaches
 zero, so that the active gradients stay linearly independent and the multipliers bounded,
-even for linearly dependent gradients, where a ridge on ``G`` would bias the answer.
+even for linearly dependent gradients, where a ridge on $G$ would bias the answer.
 
-The weightings only have ``G``: the method runs on a factor ``F`` with ``F F^T = G_+`` (the
+The weightings only have $G$: the method runs on a factor $F$ with $F F^\top = G_+$ (the
 positive semi-definite part; :func:`gram_factor`), whose rows are the gradients in an
-orthonormal basis of their span. Working on the rows, not on ``G``, computes the
+orthonormal basis of their span. Working on the rows, not on $G$, computes the
 component of a gradient orthogonal to the active ones directly instead of as the difference
-``G_pp - G_pA G_AA^(-1) G_Ap``, which cancels catastrophically when gradients are nearly
+$G_{pp} - G_{pA} G_{AA}^{-1} G_{Ap}$, which cancels catastrophically when gradients are nearly
 dependent.
 """
 
@@ -26,7 +27,8 @@ _EPS = float(np.finfo(np.float64).eps)
 
 
 def gram_factor(g: np.ndarray, reg: float = 0.0) -> np.ndarray:
-    """``F`` (k x r) with ``F F^T = G_+ + reg I``, ``G_+`` the PSD part of the symmetric ``g``."""
+    r"""$F$ ($k \times r$) with $F F^\top = G_+ + \text{reg} \, I$, $G_+$ the PSD part of the
+    symmetric ``g``."""
     lam, vec = np.linalg.eigh(g)
     keep = lam > 0
     f: np.ndarray = vec[:, keep] * np.sqrt(lam[keep])
@@ -44,10 +46,10 @@ def dual_active_set(
     dependence_tol: float = 1e-12,
     tol: float = 1e-12,
 ) -> tuple[np.ndarray, bool]:
-    """The weights ``v = u + mu`` of the nearest point ``d = F^T v`` (see the module docstring).
+    r"""The weights $v = u + \mu$ of the nearest point $d = F^\top v$ (see the module docstring).
 
     Args:
-        f: The gradients' rows ``F`` (k x r), e.g. :func:`gram_factor` of ``G``.
+        f: The gradients' rows $F$ ($k \times r$), e.g. :func:`gram_factor` of $G$.
         u: The starting weights, shape ``(k,)``.
         b: Right-hand sides, shape ``(k,)`` (default zeros).
         constrained: Boolean mask of the constrained indices (default all).
@@ -95,8 +97,8 @@ def _add_constraint(
     p: int,
     dependence_tol: float,
 ) -> bool:
-    """Make the violated constraint ``p`` active (``mu``, ``active`` in place); ``False`` if
-    no step can (``g_p`` depends on the active gradients with non-positive coefficients)."""
+    """Make the violated constraint $p$ active (``mu``, ``active`` in place); ``False`` if
+    no step can ($g_p$ depends on the active gradients with non-positive coefficients)."""
     d = d.copy()
     fp = f[p]
     for _ in range(len(active) + 1):

@@ -22,8 +22,8 @@ __all__ = ["DualProj"]
 
 
 class _DualCone(Weighting):
-    """What DualProj and UPGrad share: the options, the host copy of ``G`` and the
-    degenerate cases; subclasses give the projection on the trace-normalized ``G``."""
+    """What DualProj and UPGrad share: the options, the host copy of $G$ and the
+    degenerate cases; subclasses give the projection on the trace-normalized $G$."""
 
     host_sync = True
 
@@ -57,15 +57,18 @@ class _DualCone(Weighting):
 class DualProj(_DualCone):
     r"""Projection of the preference-weighted gradient onto the dual cone (DualProj).
 
-    With preference weights ``p``, ``J^T p`` is projected onto the dual cone
-    ``{x : g_j^T x >= 0 for all j}``; in weight space (Quinton & Rey 2024, Proposition 1)
+    With preference weights $p$, $J^\top p$ is projected onto the dual cone
+    $\{x : g_j^\top x \ge 0 \text{ for all } j\}$; in weight space (Quinton & Rey 2024,
+    Proposition 1)
 
-    ``w = argmin_v v^T G v  subject to  v >= p``.
+    $$
+    w = \arg\min_v \; v^\top G v \quad \text{subject to} \quad v \ge p.
+    $$
 
-    The update does not conflict with any loss (``(G w)_i >= 0``) and equals ``J^T p`` when
+    The update does not conflict with any loss ($(G w)_i \ge 0$) and equals $J^\top p$ when
     that one conflicts with none. Solved exactly by an active-set method on the host
-    (float64) on ``G_+ / trace(G_+)`` plus a ridge of 1e-12, ``G_+`` being the positive
-    semi-definite part of ``G`` (rounding leaves the float32 Gram matrix of dependent
+    (float64) on $G_+ / \operatorname{tr}(G_+)$ plus a ridge of $10^{-12}$, $G_+$ being the
+    positive semi-definite part of $G$ (rounding leaves the float32 Gram matrix of dependent
     gradients slightly indefinite); ``reg_eps=1e-4`` reproduces TorchJD's default
     regularization.
 
@@ -75,8 +78,8 @@ class DualProj(_DualCone):
     Host round trip: yes (the QP runs on the host).
 
     Args:
-        pref_vector: Preference weights ``p`` (k finite values >= 0, not all zero); default
-            ``1/k`` each.
+        pref_vector: Preference weights $p$ ($k$ finite values $\ge 0$, not all zero);
+            default $1/k$ each.
         reg_eps: Extra ridge on the trace-normalized Gram matrix (default 0: exact).
 
     Example:

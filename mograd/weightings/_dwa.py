@@ -20,18 +20,21 @@ __all__ = ["DWA"]
 class DWA(LossWeighting):
     r"""Dynamic weight average (DWA; Liu et al. 2019), a loss-level weighting.
 
-    With ``Lbar_i(t)`` the average of loss ``i`` over epoch ``t``, the weights during epoch
-    ``t`` are
+    With $\bar L_i(t)$ the average of loss $i$ over epoch $t$, the weights during epoch
+    $t$ are
 
-    ``c_i = k exp(r_i / T) / sum_j exp(r_j / T)``,   ``r_i = Lbar_i(t-1) / Lbar_i(t-2)``,
+    $$
+    c_i = \frac{k \exp(r_i / T)}{\sum_j \exp(r_j / T)}, \qquad
+    r_i = \frac{\bar L_i(t-1)}{\bar L_i(t-2)},
+    $$
 
-    the relative descending rates of the two previous epochs (``c = 1`` during the first
-    two epochs). Each call adds the loss values to the current epoch's sums; an epoch ends
+    the relative descending rates of the two previous epochs ($c = \mathbf{1}$ during the
+    first two epochs). Each call adds the loss values to the current epoch's sums; an epoch ends
     when :meth:`end_epoch` is called (once per epoch, after its last step) or, with
     ``period``, automatically every ``period`` calls (``period=1``: per-step rates).
 
     The sums, counts and the two averages are the state (:meth:`state_dict`); a change of
-    ``k`` restarts it. Non-finite losses give NaN weights and are left out of the sums
+    $k$ restarts it. Non-finite losses give NaN weights and are left out of the sums
     (they still count as a call for ``period``).
 
     When to use it: a cheap adaptive baseline that slows down the losses that fall fastest;
@@ -40,7 +43,7 @@ class DWA(LossWeighting):
     Cost: one backward pass (``needs_gram = False``). Host round trip: no.
 
     Args:
-        temperature: ``T > 0`` (the paper uses 2; larger is more uniform).
+        temperature: $T > 0$ (the paper uses 2; larger is more uniform).
         period: Calls per epoch for automatic epochs, or ``None`` to call
             :meth:`end_epoch` yourself.
 

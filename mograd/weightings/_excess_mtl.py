@@ -22,24 +22,25 @@ _KEYS = ("weights", "sq_sum", "baseline", "has_baseline", "warmup_sum")
 class ExcessMTL(Weighting):
     r"""Robust multi-task learning with excess risks (ExcessMTL; He et al. 2024).
 
-    The excess risk of loss ``i`` is estimated by a second-order expansion (eq. 6),
-    ``E_i = g_i^T H_i^(-1) g_i``, with the AdaGrad-style curvature ``H_i`` built from the
+    The excess risk of loss $i$ is estimated by a second-order expansion (eq. 6),
+    $E_i = g_i^\top H_i^{-1} g_i$, with the AdaGrad-style curvature $H_i$ built from the
     accumulated squared gradients (eq. 7), and the weights take an exponentiated-gradient
-    step (eq. 9), ``w <- softmax(log w + eta E / E_0)``, starting from ``1/k``; ``E_0`` is
-    the baseline of the scale processing (Section 3.2): the average over the
-    ``n_warmup_steps`` warm-up steps (uniform weights meanwhile), or, with no warm-up, the
-    first step's ``E`` (then used unscaled on that step, as the official implementation and
+    step (eq. 9), $w \leftarrow \operatorname{softmax}(\log w + \eta E / E_0)$, starting from
+    $w_i = 1/k$; $E_0$ is the baseline of the scale processing (Section 3.2): the average over
+    the ``n_warmup_steps`` warm-up steps (uniform weights meanwhile), or, with no warm-up, the
+    first step's $E$ (then used unscaled on that step, as the official implementation and
     TorchJD do).
 
-    Gram form: the paper's ``H_i`` is diagonal over the parameters, which the Gram matrix
-    cannot see; here it is isotropic, ``H_i = sqrt(sum_t |g_i(t)|^2 + 1e-7) I``, so that
-    ``E_i = G_ii / sqrt(S_i + 1e-7)`` with ``S_i`` the running sum of ``G_ii``. The two
+    Gram form: the paper's $H_i$ is diagonal over the parameters, which the Gram matrix
+    cannot see; here it is isotropic,
+    $H_i = \sqrt{\textstyle\sum_t \lVert g_i(t) \rVert^2 + 10^{-7}} \, I$, so that
+    $E_i = G_{ii} / \sqrt{S_i + 10^{-7}}$ with $S_i$ the running sum of $G_{ii}$. The two
     coincide when each gradient lies along one fixed coordinate (the oracle test); in
-    general the isotropic ``H`` weighs the tasks by the ratio of their current to their
+    general the isotropic $H$ weighs the tasks by the ratio of their current to their
     accumulated gradient norms.
 
     The state (weights, sums, baseline) is in :meth:`state_dict`, in float64 on the Gram
-    matrix's device; a change of ``k`` restarts it. A non-finite ``G`` gives NaN weights and
+    matrix's device; a change of $k$ restarts it. A non-finite $G$ gives NaN weights and
     leaves the statistics unchanged (it still counts as a warm-up step).
 
     When to use it: tasks with different noise levels, where the noisiest should not
@@ -48,8 +49,8 @@ class ExcessMTL(Weighting):
     Host round trip: no (tensor operations; the warm-up count is a Python int).
 
     Args:
-        robust_step_size: ``eta > 0``.
-        n_warmup_steps: Uniform-weight steps collecting the baseline (``>= 0``).
+        robust_step_size: $\eta > 0$.
+        n_warmup_steps: Uniform-weight steps collecting the baseline ($\ge 0$).
 
     Example:
         >>> import torch

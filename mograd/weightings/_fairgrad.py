@@ -1,4 +1,4 @@
-"""FairGrad: the alpha-fair allocation of the descent between the losses, ``G w = w^(-1/alpha)``.
+r"""FairGrad: the alpha-fair allocation of the descent between the losses, $G w = w^{-1/\alpha}$.
 
 Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024 (arXiv:2402.15638),
 Section 3, eq. 4 and Algorithm 1. See ``docs/weightings.md``.
@@ -20,29 +20,31 @@ __all__ = ["FairGrad"]
 class FairGrad(Weighting):
     r"""Alpha-fair multi-task gradient (FairGrad; Ban & Ji 2024).
 
-    The update ``d = J^T w`` maximizes the alpha-fair utility of the losses' first-order
-    improvements ``g_i^T d`` in a ball; its optimality condition (the paper's eq. 4) is
+    The update $d = J^\top w$ maximizes the $\alpha$-fair utility of the losses' first-order
+    improvements $g_i^\top d$ in a ball; its optimality condition (the paper's eq. 4) is
 
-    ``(G w)_i = w_i^(-1/alpha)``  for every ``i``,  ``w > 0``,
+    $$
+    (G w)_i = w_i^{-1/\alpha} \quad \text{for every } i, \qquad w > 0,
+    $$
 
-    the stationary point of the strictly convex ``w^T G w / 2 - sum_i h(w_i)`` with
-    ``h'(w) = w^(-1/alpha)``. ``alpha = 1`` is proportional fairness (the equation of
-    Nash-MTL, without its normalization), ``alpha -> infinity`` approaches ``G w = 1``
-    (max-min fairness), and ``alpha = 0`` is defined as the mean (linear scalarization). The
+    the stationary point of the strictly convex $w^\top G w / 2 - \sum_i h(w_i)$ with
+    $h'(w) = w^{-1/\alpha}$. $\alpha = 1$ is proportional fairness (the equation of
+    Nash-MTL, without its normalization), $\alpha \to \infty$ approaches $G w = \mathbf{1}$
+    (max-min fairness), and $\alpha = 0$ is defined as the mean (linear scalarization). The
     equation is solved by a damped Newton method in float64 on the host, on
-    ``G_+ / trace(G_+)`` (``G_+`` the positive semi-definite part) plus a ridge ``reg_eps``
-    that keeps it solvable when the gradients are linearly dependent (e.g. two opposed
-    gradients, where no exact solution exists), then rescaled exactly: if ``G`` is scaled by
-    ``s``, the weights are scaled by ``s^(-alpha / (alpha + 1))``.
+    $G_+ / \operatorname{tr}(G_+)$ ($G_+$ the positive semi-definite part) plus a ridge
+    ``reg_eps`` that keeps it solvable when the gradients are linearly dependent (e.g. two
+    opposed gradients, where no exact solution exists), then rescaled exactly: if $G$ is
+    scaled by $s$, the weights are scaled by $s^{-\alpha / (\alpha + 1)}$.
 
     When to use it: conflicting losses where the trade-off between the average and the worst
-    improvement should be chosen (``alpha``); a generalization of Nash-MTL.
+    improvement should be chosen ($\alpha$); a generalization of Nash-MTL.
 
     Host round trip: yes (Newton iterations on the host).
 
     Args:
-        alpha: Fairness ``alpha >= 0`` (1: proportional fairness; large: max-min).
-        reg_eps: Ridge on the trace-normalized ``G`` (``>= 0``).
+        alpha: Fairness $\alpha \ge 0$ (1: proportional fairness; large: max-min).
+        reg_eps: Ridge on the trace-normalized $G$ ($\ge 0$).
         max_iter: Newton iteration cap.
 
     Example:
@@ -86,7 +88,7 @@ class FairGrad(Weighting):
 
 
 def _newton(h: np.ndarray, q: float, max_iter: int) -> np.ndarray:
-    """Solve ``h x = x^(-q)``, ``x > 0``: minimize ``x^T h x / 2 - sum H(x)``, ``H' = x^(-q)``."""
+    r"""Solve $h x = x^{-q}$, $x > 0$: minimize $x^\top h x / 2 - \sum_i H(x_i)$, $H' = x^{-q}$."""
 
     def f(y: np.ndarray) -> float:
         prim = np.log(y) if q == 1.0 else y ** (1.0 - q) / (1.0 - q)

@@ -22,27 +22,31 @@ __all__ = ["FAMO"]
 class FAMO(Learned, LossWeighting):
     r"""Fast adaptive multitask optimization (FAMO; Liu et al. 2023), a loss-level weighting.
 
-    With task logits ``xi`` (learned, starting at 0), ``z = softmax(xi)`` and the shifted
-    losses ``l_i = L_i - b_i + eps`` (``b`` = ``min_losses``), the scalarized loss is
-    ``S = sum_i z_i log l_i / (sum_j z_j / l_j)`` (the normalizer held constant), so
+    With task logits $\xi$ (learned, starting at 0), $z = \operatorname{softmax}(\xi)$ and the
+    shifted losses $l_i = L_i - b_i + \epsilon$ ($b$ = ``min_losses``, $\epsilon$ = ``eps``),
+    the scalarized loss is $S = \sum_i z_i \log l_i / \big(\sum_j z_j / l_j\big)$ (the
+    normalizer held constant), so
 
-    ``c_i = (z_i / l_i) / sum_j (z_j / l_j)``,
+    $$
+    c_i = \frac{z_i / l_i}{\sum_j z_j / l_j},
+    $$
 
-    a convex combination whose update decreases every ``log L_i`` at about the same rate.
+    a convex combination whose update decreases every $\log L_i$ at about the same rate.
     After the model step, the logits learn from the observed decrease
-    ``delta_i = log l_i(before) - log l_i(after)``: one Adam step (``lr``, ``weight_decay``,
-    the paper's 0.025 and 1e-3) on the gradient ``J_softmax(xi)^T delta`` of ``z^T delta``.
+    $\delta_i = \log l_i(\text{before}) - \log l_i(\text{after})$: one Adam step (``lr``,
+    ``weight_decay``, the paper's 0.025 and 1e-3) on the gradient
+    $J_{\operatorname{softmax}}(\xi)^\top \delta$ of $z^\top \delta$.
 
     Feeding the update. The paper recomputes the losses of the same batch after the step
     and calls :meth:`update` with them (one extra forward pass per step; exact). If
     :meth:`update` was not called before the next call, that call first runs the update with
     its own losses, the next batch's after the step (no extra forward pass; the difference
-    of two batches adds noise to ``delta``, which the small ``lr`` averages out). The
+    of two batches adds noise to $\delta$, which the small ``lr`` averages out). The
     losses must stay above ``min_losses`` (positive with the default 0): otherwise the
     weights are NaN.
 
     The logits, Adam's state and the losses awaiting an update are the state
-    (:meth:`state_dict`); a change of ``k`` restarts it. Non-finite losses give NaN weights
+    (:meth:`state_dict`); a change of $k$ restarts it. Non-finite losses give NaN weights
     and no update.
 
     When to use it: many losses, where per-loss gradients are too expensive: FAMO's step
@@ -52,10 +56,10 @@ class FAMO(Learned, LossWeighting):
     :meth:`update` with recomputed losses). Host round trip: no.
 
     Args:
-        lr: Adam learning rate of the logits (``>= 0``).
-        weight_decay: Adam weight decay of the logits (``>= 0``).
-        min_losses: Lower bounds ``b`` of the losses (k finite values; default 0).
-        eps: Added to the shifted losses (``>= 0``).
+        lr: Adam learning rate of the logits ($\ge 0$).
+        weight_decay: Adam weight decay of the logits ($\ge 0$).
+        min_losses: Lower bounds $b$ of the losses ($k$ finite values; default 0).
+        eps: $\epsilon \ge 0$, added to the shifted losses.
 
     Example:
         >>> import torch
@@ -105,7 +109,7 @@ class FAMO(Learned, LossWeighting):
         """Learn the logits from the losses of the same batch recomputed after the step.
 
         Args:
-            new_losses: The ``k`` loss values after the step (detached or not).
+            new_losses: The $k$ loss values after the step (detached or not).
 
         Raises:
             ValueError: If the weighting was not called on a step since the last update, or

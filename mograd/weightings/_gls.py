@@ -18,8 +18,8 @@ __all__ = ["GLS"]
 class GLS(LossWeighting):
     r"""Geometric loss strategy (GLS; Chennupati et al. 2019), a loss-level weighting.
 
-    The scalarized loss is the geometric mean ``S = (prod_i L_i)^(1/k)``, so
-    ``c_i = S / (k L_i)``: each loss is weighed by the inverse of its value, a scale-free
+    The scalarized loss is the geometric mean $S = \big(\prod_i L_i\big)^{1/k}$, so
+    $c_i = S / (k L_i)$: each loss is weighed by the inverse of its value, a scale-free
     balance (multiplying one loss by a constant does not change the update's direction).
     Defined for positive losses: a zero or negative loss gives NaN weights (the gradient of
     the geometric mean is undefined there), which the optimizer's ``nonfinite=`` policy

@@ -22,28 +22,30 @@ __all__ = ["GradNorm"]
 class GradNorm(Learned, Weighting):
     r"""Gradient normalization (GradNorm; Chen et al. 2018).
 
-    The loss weights ``w`` (learned, starting at 1, summing to ``k``) weigh the losses,
-    ``c = w``. With ``|g_i|`` the gradient norm of loss ``i`` at the shared layer
-    (``sqrt(G_ii)``: restrict ``G`` to that layer with the optimizer's ``shared_params=``),
-    ``G_W(i) = w_i |g_i|``, their mean ``Gbar``, the inverse training rates
-    ``r_i = L~_i / mean(L~)`` with ``L~_i = L_i / L_i(0)`` (``L(0)`` the losses of the first
-    step), the weights minimize ``sum_i |G_W(i) - Gbar r_i^alpha|`` (the target held
-    constant): at every call, after ``c`` is taken, one Adam step (``lr``) on the gradient
-    ``sign(G_W(i) - target_i) |g_i|``, then ``w <- k max(w, 0) / sum max(w, 0)``.
+    The loss weights $w$ (learned, starting at 1, summing to $k$) weigh the losses,
+    $c = w$. With $\lVert g_i \rVert$ the gradient norm of loss $i$ at the shared layer
+    ($\sqrt{G_{ii}}$: restrict $G$ to that layer with the optimizer's ``shared_params=``),
+    $G_W^{(i)} = w_i \lVert g_i \rVert$, their mean $\bar G_W$, the inverse training rates
+    $r_i = \tilde L_i / \operatorname{mean}(\tilde L)$ with $\tilde L_i = L_i / L_i(0)$
+    ($L(0)$ the losses of the first step), the weights minimize
+    $\sum_i \lvert G_W^{(i)} - \bar G_W \, r_i^\alpha \rvert$ (the target held constant): at
+    every call, after $c$ is taken, one Adam step (``lr``) on the gradient
+    $\operatorname{sign}\big(G_W^{(i)} - \bar G_W \, r_i^\alpha\big) \lVert g_i \rVert$, then
+    $w \leftarrow k \max(w, 0) / \sum_i \max(w_i, 0)$.
 
-    The weights, Adam's state and ``L(0)`` are the state (:meth:`state_dict`, float64 on
-    the Gram matrix's device); a change of ``k`` restarts them. A non-finite ``G`` or loss
+    The weights, Adam's state and $L(0)$ are the state (:meth:`state_dict`, float64 on
+    the Gram matrix's device); a change of $k$ restarts them. A non-finite $G$ or loss
     gives NaN weights and leaves the state unchanged.
 
     When to use it: losses whose gradients at the shared layers differ in magnitude and
-    whose training rates should stay balanced (``alpha`` sets how strongly).
+    whose training rates should stay balanced ($\alpha$ sets how strongly).
 
     Cost: the per-loss gradients of the shared layer (a Gram-matrix weighting with
     ``needs_losses``). Host round trip: no (tensor operations).
 
     Args:
-        alpha: Restoring-force asymmetry ``alpha >= 0`` (the paper: 0.12 to 1.5).
-        lr: Adam learning rate of the weights (``>= 0``).
+        alpha: Restoring-force asymmetry $\alpha \ge 0$ (the paper: 0.12 to 1.5).
+        lr: Adam learning rate of the weights ($\ge 0$).
 
     Example:
         >>> import torch

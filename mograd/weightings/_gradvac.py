@@ -31,22 +31,28 @@ __all__ = ["GradVac"]
 class GradVac(Weighting):
     r"""Gradient vaccine (GradVac; Wang et al. 2021), from the Gram matrix.
 
-    For each loss ``i``, ``g_i^GV`` starts at ``g_i``; for every other loss ``j``, in a random
-    order drawn afresh for each ``i``, with the cosine ``phi = cos(g_i^GV, g_j)`` and the
-    pair's target ``phi^_ij``: if ``phi < phi^_ij``,
+    For each loss $i$, $g_i^{\mathrm{GV}}$ starts at $g_i$; for every other loss $j$, in a
+    random order drawn afresh for each $i$, with the cosine
+    $\phi = \cos(g_i^{\mathrm{GV}}, g_j)$ and the pair's target $\hat\phi_{ij}$: if
+    $\phi < \hat\phi_{ij}$,
 
-    ``g_i^GV <- g_i^GV + |g_i^GV| (phi^ sqrt(1 - phi^2) - phi sqrt(1 - phi^^2))
-    / (|g_j| sqrt(1 - phi^^2)) g_j``,
+    $$
+    g_i^{\mathrm{GV}} \leftarrow g_i^{\mathrm{GV}} + \frac{\lVert g_i^{\mathrm{GV}} \rVert
+    \big(\hat\phi_{ij} \sqrt{1 - \phi^2} - \phi \sqrt{1 - \hat\phi_{ij}^2}\big)}
+    {\lVert g_j \rVert \sqrt{1 - \hat\phi_{ij}^2}} \, g_j,
+    $$
 
-    which sets the cosine to the target; then ``phi^_ij <- (1 - beta) phi^_ij + beta phi``.
-    The update is ``sum_i g_i^GV``. As for PCGrad, ``g_i^GV = J^T c`` and every norm and
-    cosine is read from ``G`` (``|J^T c|^2 = c^T G c``); the weights are the sum of the
-    ``c``. The targets start at 0 (the first step is PCGrad-like). The ``eps`` added to the
-    denominators is relative: everything is computed on ``G / trace(G)``, so that the weights
-    do not depend on the scale of ``G`` (TorchJD adds ``eps`` to the raw norms).
+    which sets the cosine to the target; then
+    $\hat\phi_{ij} \leftarrow (1 - \beta) \, \hat\phi_{ij} + \beta \phi$.
+    The update is $\sum_i g_i^{\mathrm{GV}}$. As for PCGrad, $g_i^{\mathrm{GV}} = J^\top c$ and
+    every norm and cosine is read from $G$ ($\lVert J^\top c \rVert^2 = c^\top G c$); the
+    weights are the sum of the $c$. The targets start at 0 (the first step is PCGrad-like).
+    The ``eps`` added to the denominators is relative: everything is computed on
+    $G / \operatorname{tr}(G)$, so that the weights do not depend on the scale of $G$
+    (TorchJD adds ``eps`` to the raw norms).
 
-    The targets ``phi^`` (a k x k matrix) and the generator of the orders are the state
-    (:meth:`state_dict`); a change of ``k`` restarts the targets at 0. A non-finite ``G``
+    The targets $\hat\phi$ (a $k \times k$ matrix) and the generator of the orders are the
+    state (:meth:`state_dict`); a change of $k$ restarts the targets at 0. A non-finite $G$
     gives NaN weights and leaves the state unchanged.
 
     When to use it: many losses (e.g. languages) whose gradient similarities should be kept
@@ -55,9 +61,9 @@ class GradVac(Weighting):
     Host round trip: yes (data-dependent branches, on the host in float64).
 
     Args:
-        beta: EMA rate of the targets, in ``[0, 1]``.
-        eps: Added to the denominators (relative to ``trace(G)``; ``>= 0``).
-        seed: Seed of the orders (an int in ``[0, 2**63)``).
+        beta: EMA rate $\beta$ of the targets, in $[0, 1]$.
+        eps: Added to the denominators (relative to $\operatorname{tr}(G)$; $\ge 0$).
+        seed: Seed of the orders (an int in $[0, 2^{63})$).
 
     Example:
         >>> import torch
@@ -95,7 +101,7 @@ class GradVac(Weighting):
         return from_host(total, gram)
 
     def _vaccinate(self, g: np.ndarray, phi: np.ndarray, i: int, order: list[int]) -> np.ndarray:
-        """The coefficients of ``g_i^GV`` (updates the targets of row ``i`` in place)."""
+        r"""The coefficients of $g_i^{\mathrm{GV}}$ (updates the targets of row $i$ in place)."""
         k = g.shape[0]
         c = np.zeros(k)
         c[i] = 1.0

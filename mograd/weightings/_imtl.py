@@ -19,15 +19,15 @@ __all__ = ["IMTL"]
 class IMTL(Learned, Weighting):
     r"""Impartial multi-task learning, the hybrid of loss and gradient balance (IMTL).
 
-    The losses are scaled by learned ``exp(s_i)`` as in :class:`~mograd.weightings.IMTLL`
-    (one Adam step per call on ``exp(s_i) L_i - 1``), and the gradients of the scaled losses,
-    whose Gram matrix is ``D G D`` with ``D = diag(exp(s))``, are balanced by
-    :class:`~mograd.weightings.IMTLG`: with ``alpha = IMTLG(D G D)``, the coefficients on the
-    raw gradients are ``c_i = alpha_i exp(s_i)``. In the paper the gradient balance acts on
-    the shared parameters (or the shared representation: restrict ``G`` with the optimizer's
+    The losses are scaled by learned $e^{s_i}$ as in :class:`~mograd.weightings.IMTLL`
+    (one Adam step per call on $e^{s_i} L_i - 1$), and the gradients of the scaled losses,
+    whose Gram matrix is $D G D$ with $D = \operatorname{diag}(e^{s})$, are balanced by
+    :class:`~mograd.weightings.IMTLG`: with $\alpha$ = ``IMTLG()(D G D)``, the coefficients on
+    the raw gradients are $c_i = \alpha_i e^{s_i}$. In the paper the gradient balance acts on
+    the shared parameters (or the shared representation: restrict $G$ with the optimizer's
     ``shared_params=``) while each task's own parameters take its scaled loss; mograd
-    applies ``c`` to every parameter, which for a task-specific parameter (reached by one
-    loss only) is the scaled loss times ``alpha_i``.
+    applies $c$ to every parameter, which for a task-specific parameter (reached by one
+    loss only) is the scaled loss times $\alpha_i$.
 
     State, checkpointing and non-finite rule as :class:`~mograd.weightings.UW`.
 
@@ -38,7 +38,7 @@ class IMTL(Learned, Weighting):
     ``needs_losses``). Host round trip: yes (IMTL-G's eigendecomposition).
 
     Args:
-        lr: Adam learning rate of the scales (``>= 0``).
+        lr: Adam learning rate of the scales ($\ge 0$).
 
     Example:
         >>> import torch

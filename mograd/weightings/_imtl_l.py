@@ -18,13 +18,15 @@ __all__ = ["IMTLL"]
 class IMTLL(Learned, LossWeighting):
     r"""Impartial multi-task learning, loss balance (IMTL-L; Liu et al. 2021).
 
-    With a learned scale parameter ``s_i`` per loss, the scalarized loss is
+    With a learned scale parameter $s_i$ per loss, the scalarized loss is
 
-    ``S = sum_i (exp(s_i) L_i - s_i)``,
+    $$
+    S = \sum_i \big(e^{s_i} L_i - s_i\big),
+    $$
 
-    so ``c_i = exp(s_i)``; the ``s_i`` take, at every call after ``c`` is computed, one Adam
-    step on ``dS / ds_i = exp(s_i) L_i - 1`` (its optimum makes every scaled loss
-    ``exp(s_i) L_i`` equal to 1). ``S`` is twice UW's objective at ``s -> -s``: IMTL-L and
+    so $c_i = e^{s_i}$; the $s_i$ take, at every call after $c$ is computed, one Adam
+    step on $\partial S / \partial s_i = e^{s_i} L_i - 1$ (its optimum makes every scaled loss
+    $e^{s_i} L_i$ equal to 1). $S$ is twice UW's objective at $s \to -s$: IMTL-L and
     :class:`~mograd.weightings.UW` share their optimum and differ by a factor 2 in the
     weights and the sign of the parameter. Positive losses are assumed (the paper's).
 
@@ -36,7 +38,7 @@ class IMTLL(Learned, LossWeighting):
     Cost: one backward pass (``needs_gram = False``). Host round trip: no.
 
     Args:
-        lr: Adam learning rate of the scales (``>= 0``).
+        lr: Adam learning rate of the scales ($\ge 0$).
         init: Initial scale parameter (0: the plain sum).
 
     Example:

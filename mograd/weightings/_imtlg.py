@@ -22,19 +22,23 @@ __all__ = ["IMTLG"]
 class IMTLG(Weighting):
     r"""Impartial multi-task learning, gradient balancing (IMTL-G; Liu et al. 2021).
 
-    IMTL-G picks the combination ``d = J^T w`` (``sum w = 1``) whose projections onto the
-    unit gradient directions are all equal: ``d^T g_i / |g_i|`` is the same for every ``i``.
-    In Gram form, ``(G w)_i = lambda sqrt(G_ii)``, hence
+    IMTL-G picks the combination $d = J^\top w$ ($\sum_i w_i = 1$) whose projections onto the
+    unit gradient directions are all equal: $d^\top g_i / \lVert g_i \rVert$ is the same for
+    every $i$. In Gram form, $(G w)_i = \lambda \sqrt{G_{ii}}$, hence
 
-    ``v = G^+ sqrt(diag G)``,   ``w = v / sum(v)``,
+    $$
+    v = G^+ \sqrt{\operatorname{diag} G}, \qquad w = v \Big/ \sum_i v_i,
+    $$
 
-    with the pseudo-inverse ``G^+`` (eigenvalues below ``k * eps(dtype) * max eigenvalue``
-    count as zero). When ``sum(v)`` vanishes (e.g. two opposed gradients) no such combination
-    exists and the weights are zero. "Vanishes" means: at the level of the rounding error of
-    the sum, ``|sum(v)| <= 4 k eps(dtype) (sum |v_i| + sqrt(k) / sqrt(max_i G_ii))``, a
-    relative test that does not depend on the scale of ``G`` and keeps the answer of a
-    float32 Gram matrix the same as that of its float64 copy (a fixed cut-off such as
-    ``k sqrt(eps)`` sits far above rounding and flips the answer with the dtype).
+    with the pseudo-inverse $G^+$ (eigenvalues below $k \, \varepsilon$ times the largest
+    count as zero, $\varepsilon$ the machine epsilon of the dtype). When $\sum_i v_i$
+    vanishes (e.g. two opposed gradients) no such combination exists and the weights are
+    zero. "Vanishes" means: at the level of the rounding error of the sum,
+    $\lvert \sum_i v_i \rvert \le 4 k \varepsilon \big(\sum_i \lvert v_i \rvert +
+    \sqrt{k} / \sqrt{\max_i G_{ii}}\big)$, a relative test that does not depend on the scale
+    of $G$ and keeps the answer of a float32 Gram matrix the same as that of its float64 copy
+    (a fixed cut-off such as $k \sqrt{\varepsilon}$ sits far above rounding and flips the
+    answer with the dtype).
 
     When to use it: losses whose gradients differ a lot in magnitude, none of which should
     dominate; the weights are invariant to the scale of the Gram matrix.

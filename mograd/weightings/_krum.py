@@ -17,22 +17,23 @@ __all__ = ["Krum"]
 class Krum(Weighting):
     r"""Krum and Multi-Krum (Blanchard et al. 2017).
 
-    With ``f`` = ``n_byzantine`` possibly adversarial gradients among ``k``, each gradient's
-    score is the sum of its distances to its ``k - f - 2`` nearest other gradients,
-    ``s_i = sum_{j in N_i} |g_i - g_j|^2`` with ``|g_i - g_j|^2 = G_ii + G_jj - 2 G_ij``; Krum
-    selects the gradient of lowest score, Multi-Krum the ``n_selected`` lowest and averages
-    them: ``w_i = 1 / n_selected`` on the selected ones, 0 elsewhere. The paper squares the
+    With $f$ = ``n_byzantine`` possibly adversarial gradients among $k$, each gradient's
+    score is the sum of its distances to its $k - f - 2$ nearest other gradients $N_i$,
+    $s_i = \sum_{j \in N_i} \lVert g_i - g_j \rVert^2$ with
+    $\lVert g_i - g_j \rVert^2 = G_{ii} + G_{jj} - 2 G_{ij}$; Krum selects the gradient of
+    lowest score, Multi-Krum the $m$ = ``n_selected`` lowest and averages them: $w_i = 1 / m$
+    on the selected ones, 0 elsewhere. The paper squares the
     distances (``squared=True``, the default); TorchJD's ``Krum`` sums the distances themselves
     (``squared=False``). Ties are broken by the lowest index.
 
     When to use it: gradients from many sources of which a few may be corrupted (federated
-    or distributed data), not conflicting tasks; it needs ``k >= n_byzantine + 3``.
+    or distributed data), not conflicting tasks; it needs $k \ge f + 3$.
 
     Host round trip: no (``topk`` and ``sort`` on the device).
 
     Args:
-        n_byzantine: ``f``, the number of gradients that may be adversarial (``>= 0``).
-        n_selected: How many gradients Multi-Krum averages (``>= 1``; 1 is Krum).
+        n_byzantine: $f$, the number of gradients that may be adversarial ($\ge 0$).
+        n_selected: How many gradients Multi-Krum averages ($\ge 1$; 1 is Krum).
         squared: Score with squared distances (the paper) or distances (TorchJD).
 
     Raises:

@@ -15,11 +15,11 @@ __all__ = ["Learned"]
 
 
 class Learned:
-    """k learned parameters trained by :func:`~mograd.weightings._adam.adam_step`.
+    """$k$ learned parameters trained by :func:`~mograd.weightings._adam.adam_step`.
 
     The parameters live in float64 on the device of the first call (moved along if the
     device changes, e.g. after loading a checkpoint on the host), are created at ``init``
-    on the first call (and again when ``k`` changes), and are the whole state, with Adam's
+    on the first call (and again when $k$ changes), and are the whole state, with Adam's
     moments and step count.
     """
 
@@ -30,7 +30,7 @@ class Learned:
         self._adam: dict[str, torch.Tensor] | None = None
 
     def params(self, k: int, device: torch.device) -> torch.Tensor:
-        """The current parameters (created at ``init`` if there are none for this ``k``)."""
+        """The current parameters (created at ``init`` if there are none for this $k$)."""
         if self._adam is None or self._adam["param"].shape[0] != k:
             self._adam = adam_init(torch.full((k,), self.init, dtype=torch.float64, device=device))
         elif self._adam["param"].device != device:

@@ -1,8 +1,9 @@
-"""MinNorm: the min-norm point of the convex hull of the gradients (MGDA, MIB eq. 8).
+r"""MinNorm: the min-norm point of the convex hull of the gradients (MGDA, MIB eq. 8).
 
 Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018; the
-paper's eqs. 8-11. ``w* = argmin_{w in simplex} w^T G w``, solved by :mod:`mograd.solver`
-(closed form for k = 2, fully-corrective Frank-Wolfe for k >= 3).
+paper's eqs. 8-11. $w^* = \arg\min_{w \in \Delta} w^\top G w$ over the simplex $\Delta$,
+solved by :mod:`mograd.solver` (closed form for $k = 2$, fully-corrective Frank-Wolfe for
+$k \ge 3$).
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ __all__ = ["MinNorm"]
 
 
 class MinNorm(Weighting):
-    """Min-norm weights on the simplex (MGDA; the weights of MIB, paper eq. 8).
+    r"""Min-norm weights on the simplex (MGDA; the weights of MIB, paper eq. 8).
 
-    A Gram matrix with a NaN or infinite entry gives NaN weights (k <= 2: propagated by tensor
-    operations; k >= 3: found on the host copy that Frank-Wolfe needs anyway).
+    A Gram matrix with a NaN or infinite entry gives NaN weights ($k \le 2$: propagated by
+    tensor operations; $k \ge 3$: found on the host copy that Frank-Wolfe needs anyway).
 
-    Host round trip: for k >= 3 only (Frank-Wolfe on the host); k <= 2 is tensor operations.
+    Host round trip: for $k \ge 3$ only (Frank-Wolfe on the host); $k \le 2$ is tensor
+    operations.
 
     Args:
-        max_iter: Frank-Wolfe iteration cap (k >= 3).
-        tol: Duality-gap tolerance relative to ``max_i G_ii`` (k >= 3).
+        max_iter: Frank-Wolfe iteration cap ($k \ge 3$).
+        tol: Duality-gap tolerance relative to $\max_i G_{ii}$ ($k \ge 3$).
 
     Example:
         >>> import torch
@@ -44,7 +46,7 @@ class MinNorm(Weighting):
 
     @staticmethod
     def syncs(k: int) -> bool:
-        """Whether the solve for ``k`` losses reads the device (only Frank-Wolfe, k >= 3)."""
+        r"""Whether the solve for $k$ losses reads the device (only Frank-Wolfe, $k \ge 3$)."""
         return k >= 3
 
     def solve(self, gram: torch.Tensor) -> MinNormResult:

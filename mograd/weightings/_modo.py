@@ -21,21 +21,24 @@ __all__ = ["MoDo"]
 class MoDo(Weighting):
     r"""Multi-objective gradient with double sampling (MoDo; Chen et al. 2023).
 
-    The weights ``lambda`` (on the simplex, starting at ``1/k``) take one projected gradient
-    step per call on the MGDA objective ``lambda^T A lambda / 2 + rho |lambda|^2 / 2``:
+    The weights $\lambda$ (on the simplex $\Delta$, starting at $\lambda_i = 1/k$) take one
+    projected gradient step per call on the MGDA objective
+    $\lambda^\top A \lambda / 2 + \rho \lVert \lambda \rVert^2 / 2$:
 
-    ``lambda <- Proj_simplex(lambda - gamma (A lambda + rho lambda))``,
+    $$
+    \lambda \leftarrow \Pi_\Delta\big(\lambda - \gamma (A \lambda + \rho \lambda)\big),
+    $$
 
-    and the update uses the new ``lambda``. In the paper ``A = J_1 J_2^T`` is formed from two
-    independent mini-batches (an unbiased estimate of ``J J^T``; not symmetric in general),
-    and a third batch gives the update ``J_3^T lambda``. Call the weighting on that matrix to
-    get the paper's method: it accepts any square ``A``. Through the optimizer
-    (``weights="modo"``) it sees the single-batch ``G = J J^T`` of the step, the biased
+    and the update uses the new $\lambda$. In the paper $A = J_1 J_2^\top$ is formed from two
+    independent mini-batches (an unbiased estimate of $J J^\top$; not symmetric in general),
+    and a third batch gives the update $J_3^\top \lambda$. Call the weighting on that matrix
+    to get the paper's method: it accepts any square $A$. Through the optimizer
+    (``weights="modo"``) it sees the single-batch $G = J J^\top$ of the step, the biased
     variant the paper's analysis does not cover (see ``docs/weightings.md``).
 
-    ``lambda`` is the state (:meth:`state_dict`, float64 on ``A``'s device); a change of
-    ``k`` restarts it. A non-finite ``A`` gives NaN weights and leaves it unchanged.
-    ``gamma`` is absolute: it scales with ``1 / |A|``.
+    $\lambda$ is the state (:meth:`state_dict`, float64 on $A$'s device); a change of
+    $k$ restarts it. A non-finite $A$ gives NaN weights and leaves it unchanged.
+    $\gamma$ is absolute: it scales with $1 / \lVert A \rVert$.
 
     When to use it: stochastic MGDA with a convergence guarantee, when two extra gradient
     batches per step are affordable.
@@ -43,8 +46,8 @@ class MoDo(Weighting):
     Host round trip: no (the simplex projection is tensor operations).
 
     Args:
-        gamma: Step size of the weights (``> 0``).
-        rho: L2 regularization of the weights (``>= 0``).
+        gamma: Step size $\gamma > 0$ of the weights.
+        rho: L2 regularization $\rho \ge 0$ of the weights.
 
     Example:
         >>> import torch
@@ -74,7 +77,7 @@ class MoDo(Weighting):
         return torch.where(ok, new, torch.full_like(new, float("nan"))).to(gram.dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        """The weights ``lambda`` (``None`` before the first step)."""
+        r"""The weights $\lambda$ (``None`` before the first step)."""
         return {"lambda": None if self._lambda is None else clone_state(self._lambda)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

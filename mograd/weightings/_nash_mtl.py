@@ -1,4 +1,4 @@
-"""Nash-MTL: the Nash bargaining solution between the losses, ``G alpha = 1 / alpha``.
+r"""Nash-MTL: the Nash bargaining solution between the losses, $G \alpha = 1 / \alpha$.
 
 Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022 (Section 3, Theorem 3.1
 and Algorithm 1). See ``docs/weightings.md``.
@@ -22,25 +22,28 @@ __all__ = ["NashMTL"]
 class NashMTL(Weighting):
     r"""Multi-task learning as a bargaining game (Nash-MTL; Navon et al. 2022).
 
-    The update ``d = J^T alpha`` is the Nash bargaining solution in the ball, characterized by
-    the paper's Theorem 3.1 as the positive solution of
+    The update $d = J^\top \alpha$ is the Nash bargaining solution in the ball, characterized
+    by the paper's Theorem 3.1 as the positive solution of
 
-    ``G alpha = 1 / alpha``  (element-wise),
+    $$
+    G \alpha = 1 / \alpha \quad \text{(element-wise)},
+    $$
 
-    so that ``alpha_i g_i^T d = 1`` for every loss. It is the minimizer of the strictly
-    convex ``f(alpha) = alpha^T G alpha / 2 - sum_i log(alpha_i)``, found here by Newton's
-    method with a backtracking line search, in float64 on the host, on ``G / |G|_F`` (as the
-    paper's code normalizes) with a ridge of ``reg_eps`` that keeps ``f`` bounded below when
-    the gradients are linearly dependent (e.g. two opposed gradients, where no solution
-    exists); the iterations are warm-started from the previous step's solution (the paper
-    solves a sequence of convex approximations with a cone solver instead). As in the paper's
-    code, the weights are then scaled down so that ``|d| <= max_norm`` (``max_norm = 0``
-    disables this; at the exact solution ``|d| = sqrt(k)``), and they are recomputed only
-    every ``update_weights_every`` steps (reused in between). A non-finite ``G`` gives NaN
-    weights and counts as no step.
+    so that $\alpha_i \, g_i^\top d = 1$ for every loss. It is the minimizer of the strictly
+    convex $f(\alpha) = \alpha^\top G \alpha / 2 - \sum_i \log \alpha_i$, found here by
+    Newton's method with a backtracking line search, in float64 on the host, on
+    $G / \lVert G \rVert_F$ (as the paper's code normalizes) with a ridge of ``reg_eps`` that
+    keeps $f$ bounded below when the gradients are linearly dependent (e.g. two opposed
+    gradients, where no solution exists); the iterations are warm-started from the previous
+    step's solution (the paper solves a sequence of convex approximations with a cone solver
+    instead). As in the paper's code, the weights are then scaled down so that
+    $\lVert d \rVert \le m$, $m$ = ``max_norm`` (``max_norm=0`` disables this; at the exact
+    solution $\lVert d \rVert = \sqrt{k}$), and they are recomputed only every
+    ``update_weights_every`` steps (reused in between). A non-finite $G$ gives NaN weights
+    and counts as no step.
 
-    Unlike the other built-ins, the weights scale as ``1 / sqrt(s)`` when ``G`` is scaled by
-    ``s``: the update ``J^T alpha`` does not depend on the gradients' overall scale.
+    Unlike the other built-ins, the weights scale as $1 / \sqrt{s}$ when $G$ is scaled by
+    $s$: the update $J^\top \alpha$ does not depend on the gradients' overall scale.
 
     When to use it: several losses of very different gradient magnitudes, where each
     loss should get a proportionally fair share of the descent.
@@ -48,9 +51,9 @@ class NashMTL(Weighting):
     Host round trip: yes (Newton iterations on the host).
 
     Args:
-        max_norm: Largest norm of the update ``J^T alpha`` (0: no limit).
+        max_norm: Largest norm of the update $J^\top \alpha$ (0: no limit).
         update_weights_every: Recompute the weights every this many calls.
-        reg_eps: Ridge on ``G / |G|_F`` (``>= 0``).
+        reg_eps: Ridge on $G / \lVert G \rVert_F$ ($\ge 0$).
         max_iter: Newton iteration cap per solve.
 
     Example:
@@ -136,7 +139,7 @@ class NashMTL(Weighting):
 
 
 def _newton(h: np.ndarray, x: np.ndarray, max_iter: int) -> np.ndarray:
-    """Minimize ``x^T h x / 2 - sum(log x)`` over ``x > 0`` (``h`` positive definite)."""
+    r"""Minimize $x^\top h x / 2 - \sum_i \log x_i$ over $x > 0$ ($h$ positive definite)."""
 
     def f(y: np.ndarray) -> float:
         return 0.5 * float(y @ h @ y) - float(np.sum(np.log(y)))

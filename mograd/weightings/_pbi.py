@@ -23,16 +23,19 @@ _SMOOTH = 1e-6
 class PBI(LossWeighting):
     r"""Penalty-based boundary intersection (PBI; Zhang & Li 2007), a loss-level weighting.
 
-    With the unit preference direction ``w^ = p / |p|`` (default ``p = 1/k``) and the ideal
-    point ``z`` (default 0), ``f = L - z`` splits into ``d_1 = f^T w^`` along the ray and
-    ``d_2 = |f - d_1 w^|`` off it, and ``S = d_1 + theta d_2``; so
+    With the unit preference direction $\hat w = p / \lVert p \rVert$ (default $p_i = 1/k$)
+    and the ideal point $z$ (default 0), $f = L - z$ splits into $d_1 = f^\top \hat w$ along
+    the ray and $d_2 = \lVert f - d_1 \hat w \rVert$ off it, and $S = d_1 + \theta d_2$; so
 
-    ``c = w^ + theta (f - d_1 w^) / d_2``
+    $$
+    c = \hat w + \theta \, (f - d_1 \hat w) / d_2,
+    $$
 
-    where ``d_2`` is smoothed to ``sqrt(|f - d_1 w^|^2 + (1e-6 |f|)^2)``: its gradient is
+    where $d_2$ is smoothed to
+    $\sqrt{\lVert f - d_1 \hat w \rVert^2 + (10^{-6} \lVert f \rVert)^2}$: its gradient is
     undefined on the ray, where rounding would otherwise pick a random direction (TorchJD
-    adds an absolute ``1e-12`` under the square root; this one is relative, so that the
-    weights do not depend on the scale of the losses). ``c`` may have negative entries: PBI
+    adds an absolute $10^{-12}$ under the square root; this one is relative, so that the
+    weights do not depend on the scale of the losses). $c$ may have negative entries: PBI
     pulls the losses towards the ray, increasing a loss that is ahead of it.
 
     When to use it: reach the Pareto point on a chosen preference ray (one run per ray to
@@ -41,9 +44,9 @@ class PBI(LossWeighting):
     Cost: one backward pass (``needs_gram = False``). Host round trip: no. Stateless.
 
     Args:
-        theta: Penalty ``theta >= 0`` (the paper uses 5).
-        pref_vector: ``p`` (k finite values >= 0, not all zero).
-        reference: The ideal point ``z`` (k finite values).
+        theta: Penalty $\theta \ge 0$ (the paper uses 5).
+        pref_vector: $p$ ($k$ finite values $\ge 0$, not all zero).
+        reference: The ideal point $z$ ($k$ finite values).
 
     Example:
         >>> import torch

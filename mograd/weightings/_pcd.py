@@ -25,22 +25,27 @@ __all__ = ["PCD"]
 class PCD(Weighting):
     r"""Priority-constrained descent (PCD; Varam et al. 2026).
 
-    Loss 0 is the primary objective, losses ``1..k-1`` the secondary ones. With the
-    normalized gradients ``g~_i = s_i g_i``, ``s_i = 1 / sqrt(v^_i + eps)`` and ``v^_i`` the
-    bias-corrected moving average (decay ``beta``) of ``|g_i|^2`` over the steps, PCD solves
+    Loss 0 is the primary objective, losses $1, \dots, k-1$ the secondary ones. With the
+    normalized gradients $\tilde g_i = s_i g_i$, $s_i = 1 / \sqrt{\hat v_i + \epsilon}$
+    ($\epsilon$ = ``eps``) and $\hat v_i$ the bias-corrected moving average (decay $\beta$)
+    of $\lVert g_i \rVert^2$ over the steps, PCD solves
 
-    ``d~ = argmin_d |d - g~_0|^2 / 2``  s.t.  ``g~_j^T d >= tau_j |g~_j|^2``  (j >= 1),
+    $$
+    \tilde d = \arg\min_d \lVert d - \tilde g_0 \rVert^2 / 2 \quad \text{s.t.} \quad
+    \tilde g_j^\top d \ge \tau_j \lVert \tilde g_j \rVert^2 \quad (j \ge 1),
+    $$
 
-    whose solution is ``d~ = g~_0 + sum_j mu_j g~_j`` with the multipliers ``mu >= 0``
-    (found exactly from the Gram matrix by the dual active-set method of Goldfarb & Idnani),
-    and returns ``d~`` rescaled to ``|g_0|``: ``w = s (1, mu) |g_0| / |d~|``. The output is
-    zero when ``g_0 = 0`` or ``d~ = 0`` (up to rounding), and ``e_0`` (the primary gradient)
-    when the constraints are infeasible (e.g. two opposed secondary gradients). ``eps`` is
-    absolute, as in the paper and TorchJD: with gradients far below ``sqrt(eps)`` it, not
-    ``v^``, sets the normalization (``eps=0`` makes PCD scale-free).
+    whose solution is $\tilde d = \tilde g_0 + \sum_j \mu_j \tilde g_j$ with the multipliers
+    $\mu \ge 0$ (found exactly from the Gram matrix by the dual active-set method of Goldfarb
+    & Idnani), and returns $\tilde d$ rescaled to $\lVert g_0 \rVert$:
+    $w = s \odot (1, \mu) \, \lVert g_0 \rVert / \lVert \tilde d \rVert$. The output is
+    zero when $g_0 = 0$ or $\tilde d = 0$ (up to rounding), and $e_0$ (the primary gradient)
+    when the constraints are infeasible (e.g. two opposed secondary gradients). $\epsilon$ is
+    absolute, as in the paper and TorchJD: with gradients far below $\sqrt{\epsilon}$ it, not
+    $\hat v$, sets the normalization (``eps=0`` makes PCD scale-free).
 
     The moving average and the step count are the state (:meth:`state_dict`); a change of
-    ``k`` restarts them. A non-finite ``G`` gives NaN weights and leaves them unchanged.
+    $k$ restarts them. A non-finite $G$ gives NaN weights and leaves them unchanged.
 
     When to use it: one main loss and auxiliary losses that must each make some progress;
     PCD is not symmetric in the losses (the first one passed is the primary).
@@ -48,9 +53,10 @@ class PCD(Weighting):
     Host round trip: yes (the QP on the host in float64).
 
     Args:
-        tau: The guaranteed fraction, in ``[0, 1]``: one value, or one per secondary loss.
-        beta: Decay of the moving average, in ``[0, 1)``.
-        eps: Added to the moving average (``>= 0``).
+        tau: The guaranteed fraction $\tau$, in $[0, 1]$: one value, or one per secondary
+            loss.
+        beta: Decay $\beta$ of the moving average, in $[0, 1)$.
+        eps: $\epsilon \ge 0$, added to the moving average.
 
     Example:
         >>> import torch

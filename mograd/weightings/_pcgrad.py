@@ -27,17 +27,19 @@ __all__ = ["PCGrad"]
 class PCGrad(Weighting):
     r"""Projecting conflicting gradients (PCGrad; Yu et al. 2020).
 
-    For each loss ``i``, ``g_i^PC`` starts at ``g_i``; for every other loss ``j``, in a
-    random order drawn afresh for each ``i``, if ``g_i^PC . g_j < 0`` then
-    ``g_i^PC <- g_i^PC - (g_i^PC . g_j / |g_j|^2) g_j``. The update is ``sum_i g_i^PC``.
-    Every ``g_i^PC`` is a combination of the gradients, tracked in Gram form: with
-    ``g_i^PC = J^T c``, ``g_i^PC . g_j = (G c)_j`` and the projection subtracts
-    ``(G c)_j / G_jj`` from ``c_j``; the weights are the sum of the ``c``. Zero gradients
-    (``G_jj = 0``) are skipped. The projection order comes from a CPU
+    For each loss $i$, $g_i^{\mathrm{PC}}$ starts at $g_i$; for every other loss $j$, in a
+    random order drawn afresh for each $i$, if $g_i^{\mathrm{PC}} \cdot g_j < 0$ then
+    $g_i^{\mathrm{PC}} \leftarrow g_i^{\mathrm{PC}} -
+    \big(g_i^{\mathrm{PC}} \cdot g_j / \lVert g_j \rVert^2\big) \, g_j$. The update is
+    $\sum_i g_i^{\mathrm{PC}}$. Every $g_i^{\mathrm{PC}}$ is a combination of the gradients,
+    tracked in Gram form: with $g_i^{\mathrm{PC}} = J^\top c$,
+    $g_i^{\mathrm{PC}} \cdot g_j = (G c)_j$ and the projection subtracts $(G c)_j / G_{jj}$
+    from $c_j$; the weights are the sum of the $c$. Zero gradients ($G_{jj} = 0$) are
+    skipped. The projection order comes from a CPU
     :class:`torch.Generator` seeded with ``seed``: the same seed gives the same orders on
     every rank, and :meth:`state_dict` holds the generator state so that a resumed run
     draws the same orders. The orders are ``torch.randperm(k)`` draws, one per loss in
-    order ``i = 0, ..., k-1``.
+    order $i = 0, \dots, k-1$.
 
     When to use it: a few losses with occasional strong conflicts; the classic baseline of
     gradient surgery. Its weights are invariant to the scale of the Gram matrix.
@@ -45,7 +47,7 @@ class PCGrad(Weighting):
     Host round trip: yes (data-dependent branches, on the host in float64).
 
     Args:
-        seed: Seed of the projection orders (an int in ``[0, 2**63)``).
+        seed: Seed of the projection orders (an int in $[0, 2^{63})$).
 
     Example:
         >>> import torch

@@ -1,19 +1,19 @@
-"""A small exact quadratic-program solver for k x k problems (numpy float64, host).
+r"""A small exact quadratic-program solver for $k \times k$ problems (numpy float64, host).
 
-Solves ``min_x 1/2 x^T Q x + c^T x`` subject to ``x >= lower`` and, optionally,
-``sum(x) = 1``, with ``Q`` symmetric positive definite, by the primal active-set method
+Solves $\min_x \frac{1}{2} x^\top Q x + c^\top x$ subject to $x \ge l$ ($l$ = ``lower``) and,
+optionally, $\sum_i x_i = 1$, with $Q$ symmetric positive definite, by the primal active-set method
 (Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithm 16.3). Each iteration solves
 one equality-constrained problem on the free variables (a linear system of size at most
-``k + 1``); the method terminates after finitely many iterations with the exact optimum up to
+$k + 1$); the method terminates after finitely many iterations with the exact optimum up to
 rounding, unlike first-order methods. The callers replace the Gram matrix by its positive
 semi-definite part (:func:`psd_part`: a float32 Gram matrix of linearly dependent gradients
-has eigenvalues slightly below zero, around ``-1e-8 trace(G)``, which no small ridge makes
-convex), normalize it by its trace and add a ridge of :data:`RIDGE` (relative to that trace),
-which keeps ``Q`` positive definite on rank-deficient Gram matrices and changes the objective
-by at most ``RIDGE * |x|^2``.
+has eigenvalues slightly below zero, around $-10^{-8} \operatorname{tr}(G)$, which no small
+ridge makes convex), normalize it by its trace and add a ridge of :data:`RIDGE` (relative to
+that trace), which keeps $Q$ positive definite on rank-deficient Gram matrices and changes the
+objective by at most $r \lVert x \rVert^2$, $r$ = ``RIDGE``.
 
 Used by :class:`~mograd.weightings.UPGrad` and :class:`~mograd.weightings.DualProj`
-(projection onto the dual cone, ``min v^T G v`` s.t. ``v >= u``; tried first with the faster
+(projection onto the dual cone, $\min_v v^\top G v$ s.t. $v \ge u$; tried first with the faster
 primal-dual active-set method, whose answer is kept only when it passes the KKT check) and
 :class:`~mograd.weightings.CAGrad` (a sequence of QPs on the simplex).
 """
@@ -38,7 +38,7 @@ RIDGE = 1e-12
 
 
 def normalized(g: np.ndarray) -> tuple[np.ndarray, float]:
-    """``G / trace(G)`` and the trace (``(zeros, 0.0)`` for a zero matrix)."""
+    r"""$G / \operatorname{tr}(G)$ and the trace (``(zeros, 0.0)`` for a zero matrix)."""
     tr = float(np.trace(g))
     if not tr > 0:
         return np.zeros_like(g), 0.0
@@ -60,7 +60,7 @@ def psd_part(g: np.ndarray) -> np.ndarray:
 
 
 def psd_normalized(g: np.ndarray) -> tuple[np.ndarray, float]:
-    """:func:`normalized` of :func:`psd_part`: ``G_+ / trace(G_+)`` and that trace."""
+    r""":func:`normalized` of :func:`psd_part`: $G_+ / \operatorname{tr}(G_+)$ and that trace."""
     return normalized(psd_part(g))
 
 
@@ -73,16 +73,17 @@ def solve_qp(
     x0: np.ndarray | None = None,
     max_iter: int | None = None,
 ) -> np.ndarray:
-    """Exact solution of ``min 1/2 x^T Q x + c^T x`` s.t. ``x >= lower`` (and ``sum x = 1``).
+    r"""Exact solution of $\min_x \frac{1}{2} x^\top Q x + c^\top x$ s.t. $x \ge l$ (and
+    $\sum_i x_i = 1$).
 
     Args:
-        Q: Symmetric positive definite ``(k, k)`` matrix.
-        c: Linear term, shape ``(k,)``.
-        lower: Lower bounds, shape ``(k,)``; with ``simplex`` they must be zeros.
-        simplex: Add the constraint ``sum(x) = 1``.
+        Q: Symmetric positive definite ``(k, k)`` matrix $Q$.
+        c: Linear term $c$, shape ``(k,)``.
+        lower: Lower bounds $l$, shape ``(k,)``; with ``simplex`` they must be zeros.
+        simplex: Add the constraint $\sum_i x_i = 1$.
         x0: A feasible starting point (a warm start); default ``lower`` (box) or the
             uniform point (simplex).
-        max_iter: Iteration cap (default ``20 k + 50``; reached only through rounding
+        max_iter: Iteration cap (default $20 k + 50$; reached only through rounding
             cycles, in which case the last feasible iterate is returned).
 
     Returns:
@@ -134,7 +135,7 @@ def solve_qp(
 def _face_step(
     Q: np.ndarray, grad: np.ndarray, free: np.ndarray, simplex: bool
 ) -> tuple[np.ndarray, float]:
-    """The minimizing step on the free variables (and the simplex multiplier ``nu``)."""
+    r"""The minimizing step on the free variables (and the simplex multiplier $\nu$)."""
     if free.size == 0:
         return np.zeros(0), 0.0
     if not simplex:
@@ -152,8 +153,8 @@ def _face_step(
 def _stalled(
     Q: np.ndarray, c: np.ndarray, x: np.ndarray, free: np.ndarray, p_free: np.ndarray
 ) -> bool:
-    """The step is zero on this face: tiny or, on an ill-conditioned ``Q``, with a decrease
-    of the objective (``p^T Q p / 2`` at a full step) at rounding level."""
+    r"""The step is zero on this face: tiny or, on an ill-conditioned $Q$, with a decrease
+    of the objective ($p^\top Q p / 2$ at a full step) at rounding level."""
     if p_free.size == 0 or np.max(np.abs(p_free)) <= 1e-14 * (1.0 + np.max(np.abs(x))):
         return True
     qff = Q[np.ix_(free, free)]
@@ -164,14 +165,14 @@ def _stalled(
 def project_dual_cone(
     gn: np.ndarray, u: np.ndarray, reg: float = 0.0, factor: np.ndarray | None = None
 ) -> np.ndarray:
-    """Weights ``v`` with ``J^T v`` the projection of ``J^T u`` onto the dual cone of the rows.
+    r"""Weights $v$ with $J^\top v$ the projection of $J^\top u$ onto the dual cone of the rows.
 
-    Solves ``min_v v^T G v`` s.t. ``v >= u`` (Quinton & Rey 2024, Proposition 1) on the
+    Solves $\min_v v^\top G v$ s.t. $v \ge u$ (Quinton & Rey 2024, Proposition 1) on the
     trace-normalized positive semi-definite ``gn`` plus ``reg`` on its diagonal, exactly (up to
     rounding) by :func:`~mograd.weightings._dual_set.dual_active_set` on a factor of that
     matrix (``factor``, computed when not given): no ridge, so that the answer stays exact
     for linearly dependent gradients. The primal-dual active-set method on
-    ``gn + RIDGE I`` is the fallback should the dual method stop early.
+    ``gn`` plus ``RIDGE`` on its diagonal is the fallback should the dual method stop early.
     """
     k = u.shape[0]
     f = gram_factor(gn, reg) if factor is None else factor
@@ -184,11 +185,11 @@ def project_dual_cone(
 
 
 def _primal_dual_active_set(Q: np.ndarray, u: np.ndarray, max_iter: int = 12) -> np.ndarray | None:
-    """Fast path of :func:`project_dual_cone`: the primal-dual active-set method.
+    r"""Fast path of :func:`project_dual_cone`: the primal-dual active-set method.
 
-    With ``x = v - u >= 0`` and ``lam = Q v`` the KKT conditions are ``x >= 0``,
-    ``lam >= 0``, ``x_i lam_i = 0``. Each iteration guesses the active set
-    ``{i : lam_i > x_i}`` (Hintermueller, Ito & Kunisch 2002), fixes ``x = 0`` there and
+    With $x = v - u \ge 0$ and $\lambda = Q v$ the KKT conditions are $x \ge 0$,
+    $\lambda \ge 0$, $x_i \lambda_i = 0$. Each iteration guesses the active set
+    $\{i : \lambda_i > x_i\}$ (Hintermueller, Ito & Kunisch 2002), fixes $x = 0$ there and
     solves for the free variables; it usually stops after two or three linear solves.
     The result is returned only if it satisfies the KKT conditions to rounding level
     (then it is the same exact minimizer the primal active-set method finds); otherwise

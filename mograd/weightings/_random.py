@@ -21,12 +21,13 @@ __all__ = ["Random"]
 class Random(LossWeighting):
     r"""Random loss weighting (RLW; Lin et al. 2022).
 
-    At every step ``w = softmax(z)`` with ``z ~ N(0, I_k)``, whatever the Gram matrix. The
+    At every step $w = \operatorname{softmax}(z)$ with $z \sim \mathcal{N}(0, I_k)$, whatever
+    the Gram matrix. The
     draws come from a CPU :class:`torch.Generator` seeded with ``seed``, in float64
     (``torch.randn(k, dtype=torch.float64)``), so that they are the same on every device and
     every rank; :meth:`state_dict` holds the generator state so that a resumed run draws
     the same weights. Called with a Gram matrix (``w(gram)``) or with the loss values
-    (``w(None, losses)``), it uses them only for ``k``, the device and dtype, and the
+    (``w(None, losses)``), it uses them only for $k$, the device and dtype, and the
     non-finite contract: a NaN or infinite entry gives NaN weights. The generator advances
     on every call, finite or not.
 
@@ -38,7 +39,7 @@ class Random(LossWeighting):
     loss-level weighting, ``needs_gram = False``).
 
     Args:
-        seed: Seed of the draws (an int in ``[0, 2**63)``).
+        seed: Seed of the draws (an int in $[0, 2^{63})$).
 
     Example:
         >>> import torch

@@ -30,23 +30,23 @@ __all__ = ["SDMGrad"]
 class SDMGrad(Weighting):
     r"""Stochastic direction-oriented multi-objective gradient (SDMGrad; Xiao et al. 2023).
 
-    The inner weights ``w`` (on the simplex, kept across steps, starting at ``1/k``) take
-    ``n_iter`` projected momentum-SGD steps on ``|J^T (w + lambda p)|^2 / 2``, whose gradient
-    is ``A (w + lambda p)`` with ``A`` the Gram matrix normalized by the squared mean
-    gradient norm (``mean_i sqrt(A_ii)``; Section 6.1), and the weights are
-    ``(w + lambda p) / (1 + lambda)``: MGDA pulled towards the preferred direction
-    ``J^T p``. As for :class:`~mograd.weightings.MoDo`, the paper forms ``A = J_1 J_2^T`` from
-    two independent mini-batches; the weighting accepts that matrix, while through the
-    optimizer it sees the single-batch ``G``. The normalization divides by the squared mean
-    norm plus ``eps`` (absolute, as the official code and TorchJD: with gradients far below
-    ``sqrt(eps)`` the inner steps shrink; ``eps=0`` makes SDMGrad scale-free, and an all-zero
-    ``A`` then leaves ``w`` unchanged). The inner iteration is sensitive to rounding when
-    ``lr`` times the largest eigenvalue of the normalized ``A`` is large (it bounces between
-    faces of the simplex), so different implementations agree only to rounding amplified
-    over ``n_iter`` steps.
+    The inner weights $w$ (on the simplex, kept across steps, starting at $w_i = 1/k$) take
+    ``n_iter`` projected momentum-SGD steps on $\lVert J^\top (w + \lambda p) \rVert^2 / 2$,
+    whose gradient is $A (w + \lambda p)$ with $A$ the Gram matrix normalized by the squared
+    mean gradient norm ($\operatorname{mean}_i \sqrt{A_{ii}}$; Section 6.1), and the weights
+    are $(w + \lambda p) / (1 + \lambda)$: MGDA pulled towards the preferred direction
+    $J^\top p$. As for :class:`~mograd.weightings.MoDo`, the paper forms $A = J_1 J_2^\top$
+    from two independent mini-batches; the weighting accepts that matrix, while through the
+    optimizer it sees the single-batch $G$. The normalization divides by the squared mean
+    norm plus $\epsilon$ = ``eps`` (absolute, as the official code and TorchJD: with
+    gradients far below $\sqrt{\epsilon}$ the inner steps shrink; ``eps=0`` makes SDMGrad
+    scale-free, and an all-zero $A$ then leaves $w$ unchanged). The inner iteration is
+    sensitive to rounding when ``lr`` times the largest eigenvalue of the normalized $A$ is
+    large (it bounces between faces of the simplex), so different implementations agree
+    only to rounding amplified over ``n_iter`` steps.
 
-    ``w`` is the state (:meth:`state_dict`); a change of ``k`` restarts it. A non-finite
-    ``A`` gives NaN weights and leaves it unchanged.
+    $w$ is the state (:meth:`state_dict`); a change of $k$ restarts it. A non-finite
+    $A$ gives NaN weights and leaves it unchanged.
 
     When to use it: stochastic MGDA that should stay close to the average (or a preferred)
     gradient.
@@ -54,13 +54,14 @@ class SDMGrad(Weighting):
     Host round trip: no (``n_iter`` tensor-only iterations).
 
     Args:
-        lr: Inner step size (``> 0``).
-        momentum: Inner momentum, in ``[0, 1)``.
-        n_iter: Inner iterations per step (``>= 1``).
-        lambda_: Pull towards the preference (``>= 0``; the paper's experiments use 0.3).
-        pref_vector: The preference ``p`` (k finite values >= 0, not all zero); default
-            ``1/k``.
-        eps: Added to the squared mean norm (``>= 0``).
+        lr: Inner step size ($> 0$).
+        momentum: Inner momentum, in $[0, 1)$.
+        n_iter: Inner iterations per step ($\ge 1$).
+        lambda_: Pull $\lambda \ge 0$ towards the preference (the paper's experiments use
+            0.3).
+        pref_vector: The preference $p$ ($k$ finite values $\ge 0$, not all zero); default
+            $p_i = 1/k$.
+        eps: $\epsilon \ge 0$, added to the squared mean norm.
 
     Example:
         >>> import torch
@@ -120,7 +121,7 @@ class SDMGrad(Weighting):
         return torch.where(ok, out, torch.full_like(out, float("nan"))).to(gram.dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        """The inner weights ``w`` (``None`` before the first step)."""
+        """The inner weights $w$ (``None`` before the first step)."""
         return {"w": None if self._w is None else clone_state(self._w)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -20,13 +20,16 @@ __all__ = ["STCH"]
 class STCH(LossWeighting):
     r"""Smooth Tchebycheff scalarization (STCH; Lin et al. 2024), a loss-level weighting.
 
-    With preferences ``lambda`` (default ``1/k``) and an ideal point ``z`` (default 0), the
-    scalarized loss is the smooth maximum
+    With preferences $\lambda$ (default $\lambda_i = 1/k$) and an ideal point $z$ (default 0),
+    the scalarized loss is the smooth maximum
 
-    ``S = mu log sum_i exp(lambda_i (L_i - z_i) / mu)``,
+    $$
+    S = \mu \log \sum_i \exp\big(\lambda_i (L_i - z_i) / \mu\big),
+    $$
 
-    which tends to the Tchebycheff ``max_i lambda_i (L_i - z_i)`` as ``mu -> 0``; so
-    ``c = lambda * softmax(lambda (L - z) / mu)`` (computed stably). MIB's Smooth-IB
+    which tends to the Tchebycheff $\max_i \lambda_i (L_i - z_i)$ as $\mu \to 0$; so
+    $c = \lambda \odot \operatorname{softmax}\big(\lambda \odot (L - z) / \mu\big)$ (computed
+    stably). MIB's Smooth-IB
     coefficients (paper eqs. 13-14) are the same soft maximum added to the weighted sum.
 
     When to use it: find a Pareto-optimal point that balances the worst (weighted) loss,
@@ -36,10 +39,10 @@ class STCH(LossWeighting):
     Cost: one backward pass (``needs_gram = False``). Host round trip: no. Stateless.
 
     Args:
-        mu: Smoothing ``mu > 0`` (the paper evaluates 0.01 to 1; smaller is closer to the
+        mu: Smoothing $\mu > 0$ (the paper evaluates 0.01 to 1; smaller is closer to the
             maximum).
-        pref_vector: ``lambda`` (k finite values >= 0, not all zero).
-        reference: The ideal point ``z`` (k finite values).
+        pref_vector: $\lambda$ ($k$ finite values $\ge 0$, not all zero).
+        reference: The ideal point $z$ ($k$ finite values).
 
     Example:
         >>> import torch

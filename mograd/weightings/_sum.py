@@ -14,9 +14,9 @@ __all__ = ["Sum"]
 
 
 class Sum(Weighting):
-    """Weights ``w_i = 1``: the update is the gradient of ``sum_i L_i``.
+    r"""Weights $w_i = 1$: the update is the gradient of $\sum_i L_i$.
 
-    ``k`` times :class:`~mograd.weightings.Mean`. Tensor operations only: no host
+    $k$ times :class:`~mograd.weightings.Mean`. Tensor operations only: no host
     synchronization. A Gram matrix with a NaN or infinite entry gives NaN weights.
 
     When to use it: the plain multi-task baseline whose learning rate was tuned on the summed

@@ -17,19 +17,22 @@ __all__ = ["UPGrad"]
 class UPGrad(_DualCone):
     r"""Unconflicting projection of gradients (UPGrad; Quinton & Rey 2024).
 
-    Each gradient ``p_i g_i`` is projected onto the dual cone ``{x : g_j^T x >= 0 for all j}``
-    of the gradients and the projections are summed. In weight space (the paper's
-    Proposition 1) the projection of ``J^T u`` is ``J^T v`` with
+    Each gradient $p_i g_i$ is projected onto the dual cone
+    $\{x : g_j^\top x \ge 0 \text{ for all } j\}$ of the gradients and the projections are
+    summed. In weight space (the paper's Proposition 1) the projection of $J^\top u$ is
+    $J^\top v$ with
 
-    ``v = argmin_v v^T G v  subject to  v >= u``,
+    $$
+    v(u) = \arg\min_v \; v^\top G v \quad \text{subject to} \quad v \ge u,
+    $$
 
-    so ``w = sum_i v(p_i e_i)``. The update never conflicts with any loss:
-    ``(G w)_i = g_i^T (J^T w) >= 0`` for every ``i``, and it equals the mean gradient when no
-    two gradients conflict. The k QPs are solved exactly by an active-set method on the host
-    (float64), on ``G_+ / trace(G_+)`` plus a ridge of 1e-12, ``G_+`` being the positive
-    semi-definite part of ``G`` (rounding leaves the float32 Gram matrix of dependent
-    gradients slightly indefinite); ``reg_eps=1e-4`` reproduces TorchJD's default
-    regularization (``reg_eps * I`` added to the trace-normalized matrix).
+    so $w = \sum_i v(p_i e_i)$. The update never conflicts with any loss:
+    $(G w)_i = g_i^\top (J^\top w) \ge 0$ for every $i$, and it equals the mean gradient when
+    no two gradients conflict. The $k$ QPs are solved exactly by an active-set method on the
+    host (float64), on $G_+ / \operatorname{tr}(G_+)$ plus a ridge of $10^{-12}$, $G_+$ being
+    the positive semi-definite part of $G$ (rounding leaves the float32 Gram matrix of
+    dependent gradients slightly indefinite); ``reg_eps=1e-4`` reproduces TorchJD's default
+    regularization (``reg_eps`` times $I$ added to the trace-normalized matrix).
 
     When to use it: a parameter-free default for several losses that may conflict, whose
     update is non-conflicting, invariant to the scale of the Gram matrix, and reduces to
@@ -38,8 +41,8 @@ class UPGrad(_DualCone):
     Host round trip: yes (the QPs run on the host).
 
     Args:
-        pref_vector: Preference weights ``p`` (k finite values >= 0, not all zero); default
-            ``1/k`` each.
+        pref_vector: Preference weights $p$ ($k$ finite values $\ge 0$, not all zero);
+            default $1/k$ each.
         reg_eps: Extra ridge on the trace-normalized Gram matrix (default 0: exact).
 
     Example:

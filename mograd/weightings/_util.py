@@ -1,7 +1,7 @@
-"""Shared plumbing of the built-in weightings: option checks, host round trips, RNG state.
+r"""Shared plumbing of the built-in weightings: option checks, host round trips, RNG state.
 
 The weightings that solve a small problem (a QP, an eigendecomposition, a loop with
-branches) do it on the host in numpy float64: the k x k Gram matrix is copied once, the
+branches) do it on the host in numpy float64: the $k \times k$ Gram matrix is copied once, the
 weights are copied back once. Those helpers live here, with the validation of the options
 every constructor shares (each raises ``ValueError`` naming the bad value).
 """
@@ -42,7 +42,7 @@ __all__ = [
 
 
 def check_fraction(name: str, value: object, *, below_one: bool = False) -> float:
-    """A real number in ``[0, 1]`` (``[0, 1)`` with ``below_one``), as a float."""
+    """A real number in $[0, 1]$ ($[0, 1)$ with ``below_one``), as a float."""
     v = check_number(name, value, nonnegative=True)
     if v > 1 or (below_one and v == 1):
         bound = "[0, 1)" if below_one else "[0, 1]"
@@ -58,7 +58,7 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def check_seed(seed: object) -> int:
-    """A seed for :class:`torch.Generator`: an int in ``[0, 2**63)``."""
+    """A seed for :class:`torch.Generator`: an int in $[0, 2^{63})$."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     return seed
@@ -67,7 +67,7 @@ def check_seed(seed: object) -> int:
 def check_vector(
     name: str, value: object, *, flatten: bool = False, allow_zero: bool = False
 ) -> tuple[float, ...]:
-    """k finite numbers ``>= 0``, not all zero (unless ``allow_zero``), as floats. A tensor is
+    r"""$k$ finite numbers $\ge 0$, not all zero (unless ``allow_zero``), as floats. A tensor is
     flattened with ``flatten``, otherwise it must be 1-d."""
     if isinstance(value, torch.Tensor):
         if not flatten and value.dim() != 1:
@@ -90,12 +90,12 @@ def check_vector(
 
 
 def check_pref(pref_vector: Sequence[float] | torch.Tensor | None) -> tuple[float, ...] | None:
-    """A preference vector: finite weights ``>= 0``, not all zero (or ``None``)."""
+    r"""A preference vector: finite weights $\ge 0$, not all zero (or ``None``)."""
     return None if pref_vector is None else check_vector("pref_vector", pref_vector)
 
 
 def pref_array(pref: tuple[float, ...] | None, k: int, owner: str) -> np.ndarray:
-    """The preference vector for ``k`` losses (default ``1/k`` each) as float64."""
+    """The preference vector for $k$ losses (default $1/k$ each) as float64."""
     if pref is None:
         return np.full(k, 1.0 / k)
     if len(pref) != k:
@@ -171,13 +171,14 @@ def all_finite(*inputs: torch.Tensor | None) -> torch.Tensor:
 
 
 def project_simplex(y: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of a 1-d tensor onto the probability simplex (no host sync).
+    r"""Euclidean projection of a 1-d tensor onto the probability simplex (no host sync).
 
-    With ``u`` sorted in decreasing order and ``r`` the largest index with
-    ``u_r > (sum_{j <= r} u_j - 1) / r``, the projection is ``max(y - theta, 0)`` with
-    ``theta = (sum_{j <= r} u_j - 1) / r`` (Held, Wolfe & Crowder 1974; Duchi et al. 2008).
-    The projection does not change when a constant is added to ``y``: ``y - max(y)`` is
-    projected, so that a point far from the simplex (``|y| >> 1``) keeps its precision.
+    With $u$ the entries of $y$ sorted in decreasing order and $r$ the largest index with
+    $u_r > \big(\sum_{j \le r} u_j - 1\big) / r$, the projection is $\max(y - \theta, 0)$ with
+    $\theta = \big(\sum_{j \le r} u_j - 1\big) / r$ (Held, Wolfe & Crowder 1974; Duchi et al.
+    2008). The projection does not change when a constant is added to $y$: $y - \max_i y_i$ is
+    projected, so that a point far from the simplex ($\lVert y \rVert \gg 1$) keeps its
+    precision.
     """
     y = y - y.max()
     u = torch.sort(y, descending=True).values

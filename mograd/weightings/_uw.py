@@ -19,18 +19,21 @@ __all__ = ["UW"]
 class UW(Learned, LossWeighting):
     r"""Uncertainty weighting (UW; Kendall et al. 2018), a loss-level weighting.
 
-    With a learned log-variance ``s_i = log sigma_i^2`` per loss, the scalarized loss is
+    With a learned log-variance $s_i = \log \sigma_i^2$ per loss, the scalarized loss is
 
-    ``S = sum_i (exp(-s_i) L_i / 2 + s_i / 2)``,
+    $$
+    S = \sum_i \big(e^{-s_i} L_i / 2 + s_i / 2\big),
+    $$
 
-    so the coefficients are ``c_i = dS / dL_i = exp(-s_i) / 2``. The ``s_i`` are trained
-    inside the weighting: at every call, after computing ``c`` from the current ``s``, one
-    Adam step (learning rate ``lr``) on ``dS / ds_i = (1 - exp(-s_i) L_i) / 2``, the gradient
-    the joint training of the paper gives them (its optimum is ``exp(s_i) = L_i``). They
-    start at ``init`` (0: equal weights 1/2, as TorchJD; LibMTL starts at -0.5).
+    so the coefficients are $c_i = \partial S / \partial L_i = e^{-s_i} / 2$. The $s_i$ are
+    trained inside the weighting: at every call, after computing $c$ from the current $s$,
+    one Adam step (learning rate ``lr``) on
+    $\partial S / \partial s_i = (1 - e^{-s_i} L_i) / 2$, the gradient the joint training of
+    the paper gives them (its optimum is $e^{s_i} = L_i$). They start at ``init`` (0: equal
+    weights 1/2, as TorchJD; LibMTL starts at -0.5).
 
     The log-variances and Adam's state are the state (:meth:`state_dict`, float64 on the
-    losses' device); a change of ``k`` restarts them. Non-finite losses give NaN weights and
+    losses' device); a change of $k$ restarts them. Non-finite losses give NaN weights and
     leave the state unchanged.
 
     When to use it: losses of different units or noise levels (regression and
@@ -39,7 +42,7 @@ class UW(Learned, LossWeighting):
     Cost: one backward pass (``needs_gram = False``). Host round trip: no.
 
     Args:
-        lr: Adam learning rate of the log-variances (``>= 0``; 0 freezes them).
+        lr: Adam learning rate of the log-variances ($\ge 0$; 0 freezes them).
         init: Initial log-variance (a finite number).
 
     Example:

@@ -7,7 +7,7 @@ any other block is executed as a script.
 every page's math became arithmatex markup (no ``$`` left in the text outside code), that
 the pages load KaTeX from the site itself, and, in headless Chromium (Debian's
 ``chromium``, which ``make test`` installs), that KaTeX drew every formula of the
-derivation, API and docstring-reference pages without a parse error.
+derivation, API, docstring-reference and Pareto pages without a parse error.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def test_site_renders_its_math(tmp_path) -> None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (make docs-browser installs it)")
         pytest.skip("needs chromium (make docs-browser)")
-    for name in ("derivation", "api", "reference"):
+    for name in ("derivation", "api", "reference", "pareto"):
         page = site / name / "index.html"
         static = _read(page, skip_classes=()).counts["arithmatex"]
         dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
