@@ -13,8 +13,10 @@ Recipe: the model is wrapped in DistributedDataParallel so that its parameters s
 every rank and its buffers are broadcast; the forward pass runs inside ``ddp.no_sync()`` so
 that DDP does not all-reduce during backward; MOWrapper then averages the k per-loss
 gradients (and the loss values) over the process group itself before it forms the Gram
-matrix, so every rank computes the same weights and takes the same step. That costs k times
-the gradient traffic of plain DDP (one all-reduce of k x P values per step).
+matrix, so every rank computes the same weights and takes the same step. On gloo that is one
+all-reduce of k x P values per step (k times plain DDP's traffic); on backends with a real
+reduce-scatter, about (k + 1) / 2 times (docs/distributed.md). For models sharded with FSDP2
+see examples/fsdp_ib.py.
 
 Data here is synthetic (a VIB on Gaussian clusters) so that the example runs anywhere.
 """

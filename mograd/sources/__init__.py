@@ -8,6 +8,7 @@ r"""Gradient sources: what one step gathers from the losses, behind one interfac
 | gramian  | forward records (:mod:`mograd.frugal`)       | module by module    | no          |
 | features | per-loss gradients w.r.t. the features $z$   | $J_z J_z^\top$      | no          |
 | losses   | the loss values only (loss-level weightings) | none                | no          |
+| sharded  | FSDP2: each loss's local gradient shard      | partial, all-reduced | yes        |
 """
 
 from .base import Collected, Step, Update

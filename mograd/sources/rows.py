@@ -1,7 +1,7 @@
-"""The default exact source: the k per-loss gradients as rows of one ``(k, P)`` buffer.
+r"""The default exact source: the k per-loss gradients as rows of one ``(k, P)`` buffer.
 
 One backward pass per loss writes row ``i`` of ``J`` (:func:`mograd.gramian.jacobian_rows`);
-``G = J_S J_S^T`` on the shared columns (paper eq. 8) and the update ``c @ J`` come from the
+$G = J_S J_S^\top$ on the shared columns (paper eq. 8) and the update ``c @ J`` come from the
 same buffer. Leaves outside the optimizer get small per-leaf blocks that never enter ``G``.
 Micro-batches accumulate by summing ``J`` (:meth:`RowsCollected.add_`).
 

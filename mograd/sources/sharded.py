@@ -1,7 +1,7 @@
-"""Column shards of ``J``: the exact step under FSDP2 (``fully_shard``), and the pieces that
+r"""Column shards of ``J``: the exact step under FSDP2 (``fully_shard``), and the pieces that
 the data-parallel rows source shares with it.
 
-``G = J J^T`` splits exactly over *columns*: ``G = sum_s J[:, s] J[:, s]^T``. So a rank
+$G = J J^\top$ splits exactly over *columns*: $G = \sum_s J_{:, s} J_{:, s}^\top$. So a rank
 that holds a column shard of the rank-mean per-loss gradients forms a partial Gram matrix,
 one all-reduce of k x k numbers gives every rank the exact ``G`` and the same weights, and
 each rank combines its own shard (:class:`ColumnShard`). It does not split over *data*
@@ -435,7 +435,7 @@ class _Add(Update):
 def sharded_backward(
     step: Step, coefficients: torch.Tensor, what: str = "non-finite gradient"
 ) -> Update:
-    """``sum_i c_i grad L_i`` by one backward pass through FSDP's normal path (its
+    r"""$\sum_i c_i \nabla L_i$ by one backward pass through FSDP's normal path (its
     reduce-scatter averages over the ranks: nothing is averaged a second time); added to
     ``.grad`` only on commit (``what`` names a non-finite result)."""
     ref = step.losses[0]
