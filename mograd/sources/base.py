@@ -145,6 +145,34 @@ class Collected(ABC):
         return None
 
 
+def merge_by_leaf(
+    leaves: list[torch.Tensor],
+    parts: list[torch.Tensor | None],
+    other_leaves: Sequence[torch.Tensor],
+    other_parts: Sequence[torch.Tensor | None],
+) -> None:
+    """Sum another micro-batch's per-leaf tensors into ``parts``, in place, matching leaves
+    by identity; leaves only the other micro-batch reached are appended."""
+    index = {id(v): i for i, v in enumerate(leaves)}
+    for leaf, part in zip(other_leaves, other_parts):
+        i = index.get(id(leaf))
+        if i is None:
+            leaves.append(leaf)
+            parts.append(part)
+        elif part is not None:
+            old = parts[i]
+            parts[i] = part if old is None else old + part
+
+
+def add_rows(target: Any, other: Any) -> None:
+    """``target += other`` for two micro-batches of per-loss rows (``jac``, ``values``,
+    ``reached``, ``extras`` and their ``blocks``): the rows and sharded sources."""
+    target.jac.add_(other.jac)
+    target.values = target.values + other.values.to(target.values.dtype)
+    target.reached = [a or b for a, b in zip(target.reached, other.reached)]
+    merge_by_leaf(target.extras, target.blocks, other.extras, other.blocks)
+
+
 def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """One bool tensor, without a host synchronization."""
     out = torch.isfinite(tensors[0]).all()

@@ -23,7 +23,7 @@ import torch
 
 from .. import _distributed as distributed
 from ..gramian import accumulate_grad, gram, jacobian_rows
-from .base import Collected, Step, Update, all_finite, truly_finite
+from .base import Collected, Step, Update, add_rows, all_finite, truly_finite
 from .sharded import ColumnShard
 
 __all__ = ["ALL_REDUCE_BACKENDS", "SCATTER_MIN_COLUMNS", "RowsCollected", "collect_rows"]
@@ -174,18 +174,7 @@ class RowsCollected(Collected):
 
     def add_(self, other: Collected) -> None:
         assert isinstance(other, RowsCollected)
-        self.jac.add_(other.jac)
-        self.values = self.values + other.values.to(self.values.dtype)
-        self.reached = [a or b for a, b in zip(self.reached, other.reached)]
-        known = {id(v): i for i, v in enumerate(self.extras)}
-        for leaf, block in zip(other.extras, other.blocks):
-            i = known.get(id(leaf))
-            if i is None:
-                self.extras.append(leaf)
-                self.blocks.append(block)
-            elif block is not None:
-                old = self.blocks[i]
-                self.blocks[i] = block if old is None else old + block
+        add_rows(self, other)
 
 
 class _RowsUpdate(Update):

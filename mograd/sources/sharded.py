@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from .. import _distributed as distributed
 from ..gramian import accumulate_grad, gram, gram_dtype, jacobian_rows, row_dtype
-from .base import Collected, Step, Update, sums_finite, truly_finite
+from .base import Collected, Step, Update, add_rows, sums_finite, truly_finite
 from .features import FeaturesCollected
 from .losses import LossesCollected
 
@@ -373,18 +373,7 @@ class ShardedCollected(Collected):
 
     def add_(self, other: Any) -> None:
         assert isinstance(other, ShardedCollected)
-        self.jac.add_(other.jac)
-        self.values = self.values + other.values.to(self.values.dtype)
-        self.reached = [a or b for a, b in zip(self.reached, other.reached)]
-        known = {id(v): i for i, v in enumerate(self.extras)}
-        for leaf, block in zip(other.extras, other.blocks):
-            i = known.get(id(leaf))
-            if i is None:
-                self.extras.append(leaf)
-                self.blocks.append(block)
-            elif block is not None:
-                old = self.blocks[i]
-                self.blocks[i] = block if old is None else old + block
+        add_rows(self, other)
 
 
 def _as_sharded(local: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

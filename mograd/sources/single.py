@@ -16,7 +16,16 @@ import torch
 
 from .. import _distributed as distributed
 from ..gramian import accumulate_grad, gram_dtype, row_dtype
-from .base import Collected, Step, Update, sums_finite, truly_finite, untouched, wide
+from .base import (
+    Collected,
+    Step,
+    Update,
+    merge_by_leaf,
+    sums_finite,
+    truly_finite,
+    untouched,
+    wide,
+)
 
 __all__ = ["SingleCollected", "collect_single"]
 
@@ -87,15 +96,7 @@ class SingleCollected(Collected):
     def add_(self, other: Collected) -> None:
         assert isinstance(other, SingleCollected)
         self.values = self.values + other.values.to(self.values.dtype)
-        index = {id(v): i for i, v in enumerate(self.leaves)}
-        for leaf, g in zip(other.leaves, other.grads):
-            i = index.get(id(leaf))
-            if i is None:
-                self.leaves.append(leaf)
-                self.grads.append(g)
-            elif g is not None:
-                old = self.grads[i]
-                self.grads[i] = g if old is None else old + g
+        merge_by_leaf(self.leaves, self.grads, other.leaves, other.grads)
 
     def discard(self) -> None:
         if self.written:
