@@ -1,4 +1,4 @@
-"""Step overhead of mograd against plain Adam and TorchJD, in one run.
+r"""Step overhead of mograd against plain Adam and TorchJD, in one run.
 
 For each model and number of losses k, every method trains its own copy of the same model on
 the same batch; steps are interleaved (one step of each method per round) so that machine
@@ -12,7 +12,8 @@ Methods:
     mograd          MOWrapper(Adam), exact per-loss gradients (the paper's method)
     mograd_repr     MOWrapper(Adam) in representation mode (features=z, MGDA-UB)
     mograd_repr_nocheck  the same with nonfinite="ignore" (no finiteness check, no host read)
-    mograd_frugal   MOWrapper(Adam, jacobian="gramian", modules=model): exact, no k x P buffer
+    mograd_frugal   MOWrapper(Adam, jacobian="gramian", modules=model): exact, no k x P
+                    buffer, the update from the forward records (no weighted backward pass)
     floor_exact     the exact step written by hand: k autograd.grad into one J buffer,
                     G = J J^T, min-norm weights, MIB coefficients, .grad = c J, Adam
     floor_repr      representation mode written by hand: k autograd.grad on the features,
@@ -21,6 +22,9 @@ Methods:
                     (nonfinite="raise") adds: one sum per parameter gradient and one host read
     mograd_upgrad   MOWrapper(Adam, weights=UPGrad()) (exact per-loss gradients)
     mograd_cagrad   MOWrapper(Adam, weights=CAGrad()) (c = 0.5)
+    torchjd_autogram  TorchJD autogram.Engine(model, batch_dim=None): the Gramian of the k
+                    losses, the same MIB weights and coefficients as floor_exact, one backward
+                    pass of sum_i c_i L_i, Adam
     torchjd_mgda    TorchJD autojac.backward + jac_to_grad(MGDA()) + Adam
     torchjd_upgrad  TorchJD autojac.backward + jac_to_grad(UPGrad()) + Adam
     torchjd_cagrad  TorchJD autojac.backward + jac_to_grad(CAGrad(c=0.5)) + Adam (needs cvxpy
@@ -28,8 +32,15 @@ Methods:
 
 Models (batch 128): ``mlp`` (784-512-512-128 encoder, 10-class head; CE and a KL-like term on
 the encoder output), ``cnn`` and ``resnet18`` (the IB models of ``benchmarks/ibkit``,
-28x28 grey input; CE and the Gaussian KL). With k = 8 the batch is split into four quarters
-and each quarter contributes its CE and its KL term.
+28x28 grey input; CE and the Gaussian KL). With k losses the batch is split into k / 2
+groups (``torch.tensor_split``) and each group contributes its CE and its KL term: k = 2 is
+the whole batch, k = 8 its quarters, k = 128 64 pairs of samples.
+
+Besides the step times, a run measures per model the costs that the pass counts are made
+of (``passes``: the forward pass F, the activation-gradient part B_a of a backward pass and
+its weight-gradient part B_w, from a backward pass to the module outputs only and a full
+one), and, with ``--solver-k``, the time of the weightings alone on the MLP's Gram matrix
+at each k (``solvers``: MinNorm, UPGrad, DualProj, CAGrad, Nash-MTL).
 
 A run writes ``results.json``, ``table.md`` and ``overhead.png`` to ``runs/step_overhead``
 (ignored by git) unless ``--out`` says otherwise; the committed reference results live in
@@ -40,6 +51,10 @@ Examples:
     python -m benchmarks.step_overhead --models mlp --methods mograd_upgrad torchjd_upgrad \
         mograd_cagrad torchjd_cagrad                        # the weighting rows only
     python -m benchmarks.step_overhead --models mlp --k 2   # the core issue's measurement
+    python -m benchmarks.step_overhead --preset many        # k = 40 and 128, solvers
+    python -m benchmarks.step_overhead --preset many --models mlp cnn --k 2 8 --steps 300 \
+        --no-solvers                    # the records path against the floors, k = 2 and 8
+    python -m benchmarks.step_overhead --models mlp --k 2 --methods adam --solver-k 8 40 128
     python -m benchmarks.step_overhead --preset paper --device cuda
 """
 
@@ -47,12 +62,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +80,7 @@ from torch.nn import functional as F
 import mograd
 from benchmarks._common import command_line, default_out, run_child
 from benchmarks._common import environment as common_environment
+from benchmarks.step_parts import pass_costs, pass_floors, pass_table, solver_table, solver_times
 
 ROOT = Path(__file__).resolve().parent
 
@@ -78,28 +95,48 @@ METHODS = (
     "floor_repr_checked",
     "mograd_upgrad",
     "mograd_cagrad",
+    "torchjd_autogram",
     "torchjd_mgda",
     "torchjd_upgrad",
     "torchjd_cagrad",
 )
 MODELS = ("mlp", "cnn", "resnet18")
-PRESETS = {
+SOLVERS = ("min_norm", "upgrad", "dualproj", "cagrad", "nash_mtl")
+MANY_METHODS = ["adam", "floor_exact", "mograd", "mograd_frugal", "mograd_repr", "torchjd_autogram"]
+PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "models": ["mlp", "cnn", "resnet18"],
-        "k": [2, 8],
+        "k": {"mlp": [2, 8], "cnn": [2, 8], "resnet18": [2, 8]},
+        "methods": list(METHODS),
         "steps": 30,
         "warmup": 5,
         "resnet_steps": 4,
+        "solver_k": [],
+        "solver_rounds": 20,
+        "pass_rounds": 20,
+    },
+    "many": {
+        "k": {"mlp": [40, 128], "cnn": [40]},
+        "methods": MANY_METHODS,
+        "steps": 60,
+        "warmup": 3,
+        "resnet_steps": 4,
+        "solver_k": [8, 16, 32, 40, 64, 128],
+        "solver_rounds": 20,
+        "pass_rounds": 30,
     },
     "paper": {
-        "models": ["mlp", "cnn", "resnet18"],
-        "k": [2, 8],
+        "k": {"mlp": [2, 8, 40, 128], "cnn": [2, 8, 40], "resnet18": [2, 8]},
+        "methods": list(METHODS),
         "steps": 100,
         "warmup": 10,
         "resnet_steps": 30,
+        "solver_k": [8, 16, 32, 40, 64, 128],
+        "solver_rounds": 50,
+        "pass_rounds": 100,
     },
 }
 BATCH = 128
+MAX_K = 2 * BATCH  # k / 2 groups of at least one sample
 
 
 class MLPEncoder(nn.Module):
@@ -121,16 +158,23 @@ class Task:
     forward: Callable[[nn.Module], tuple[list[torch.Tensor], list[torch.Tensor]]]
 
 
+def check_k(k: int) -> int:
+    """``k`` if it is an even number of losses the batch can be split for."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2 or k % 2 or k > MAX_K:
+        raise ValueError(f"k must be an even int in [2, {MAX_K}], got {k!r}")
+    return k
+
+
 def _split_losses(
     ce: Callable[[slice], torch.Tensor], kl: Callable[[slice], torch.Tensor], k: int
 ) -> list[torch.Tensor]:
+    """k / 2 groups of the batch, each with its CE and its KL term (CE terms first)."""
+    check_k(k)
     if k == 2:
         return [ce(slice(None)), kl(slice(None))]
-    if k == 8:
-        q = BATCH // 4
-        parts = [slice(i * q, (i + 1) * q) for i in range(4)]
-        return [ce(s) for s in parts] + [kl(s) for s in parts]
-    raise ValueError(f"k must be 2 or 8, got {k}")
+    bounds = [int(t[0]) for t in torch.tensor_split(torch.arange(BATCH), k // 2)] + [BATCH]
+    parts = [slice(a, b) for a, b in itertools.pairwise(bounds)]
+    return [ce(s) for s in parts] + [kl(s) for s in parts]
 
 
 def build_task(name: str, k: int, device: torch.device) -> Task:
@@ -173,10 +217,23 @@ def build_task(name: str, k: int, device: torch.device) -> Task:
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 
-def make_stepper(method: str, model: nn.Module, task: Task) -> Callable[[], None]:
+def mib_coefficients(gram: torch.Tensor, losses: list[torch.Tensor]) -> torch.Tensor:
+    """MIB's coefficients from a Gram matrix, written by hand: min-norm weights (paper
+    eq. 8), ``w^2``, Smooth-IB with ``mu = 0.2`` (eqs. 12-14): mograd's defaults."""
+    from mograd.solver import min_norm_solve
+    from mograd.weighting import reweight, smooth_coefficients
+
+    w = min_norm_solve(gram, validate=False).weights
+    values = torch.stack([loss.detach() for loss in losses]).to(w.dtype)
+    return smooth_coefficients(reweight(w, 2.0), values, 0.2).to(losses[0].dtype)
+
+
+Stepper = Callable[[], None]
+
+
+def make_stepper(method: str, model: nn.Module, task: Task) -> Stepper:
     """One full training step of ``method`` on its own ``model``."""
     adam = torch.optim.Adam(model.parameters(), lr=1e-4)
-    params = [p for p in model.parameters() if p.requires_grad]
     if method == "adam":
 
         def step() -> None:
@@ -186,99 +243,123 @@ def make_stepper(method: str, model: nn.Module, task: Task) -> Callable[[], None
             adam.step()
 
         return step
-    if method in ("floor_exact", "floor_repr", "floor_repr_checked"):
-        from mograd.solver import min_norm_solve
-        from mograd.weighting import reweight, smooth_coefficients
-
-        def coefficients(jac: torch.Tensor, losses: list[torch.Tensor]) -> torch.Tensor:
-            w = min_norm_solve(jac @ jac.T, validate=False).weights
-            values = torch.stack([loss.detach() for loss in losses])
-            return smooth_coefficients(reweight(w, 2.0), values, 0.2)
-
-        def step() -> None:
-            losses, feats = task.forward(model)
-            adam.zero_grad()
-            repr_mode = method != "floor_exact"
-            inputs = feats if repr_mode else params
-            numels = [t.numel() for t in inputs]
-            jac = torch.empty(len(losses), sum(numels), device=inputs[0].device)
-            for i, loss in enumerate(losses):
-                keep = repr_mode or i < len(losses) - 1
-                gs = torch.autograd.grad(loss, inputs, retain_graph=keep, allow_unused=True)
-                offset = 0
-                for g, n in zip(gs, numels):
-                    seg = jac[i, offset : offset + n]
-                    seg.zero_() if g is None else seg.copy_(g.reshape(-1))
-                    offset += n
-            c = coefficients(jac, losses)
-            if repr_mode:
-                (c * torch.stack(losses)).sum().backward()
-                if method == "floor_repr_checked":
-                    sums = [p.grad.sum() for p in params if p.grad is not None]
-                    if not bool(torch.isfinite(torch.stack(sums)).all()):
-                        raise FloatingPointError("non-finite gradient")
-            else:
-                flat = c @ jac
-                offset = 0
-                for p in params:
-                    p.grad = flat[offset : offset + p.numel()].view_as(p)
-                    offset += p.numel()
-            adam.step()
-
-        return step
-    if method in ("mograd", "mograd_repr", "mograd_repr_nocheck", "mograd_frugal"):
-        if method == "mograd_frugal":
-            opt = mograd.MOWrapper(adam, jacobian="gramian", modules=model)
-        elif method == "mograd_repr_nocheck":
-            opt = mograd.MOWrapper(adam, nonfinite="ignore")
-        else:
-            opt = mograd.MOWrapper(adam)
-        use_features = method in ("mograd_repr", "mograd_repr_nocheck")
-
-        def step() -> None:
-            losses, feats = task.forward(model)
-            opt.zero_grad()
-            opt.step(losses, features=feats if use_features else None)
-
-        return step
-    if method in ("mograd_upgrad", "mograd_cagrad"):
-        from mograd.weightings import CAGrad, UPGrad
-
-        weighting = UPGrad() if method == "mograd_upgrad" else CAGrad(c=0.5)
-        wrapped = mograd.MOWrapper(adam, weights=weighting)
-
-        def step() -> None:
-            losses, _ = task.forward(model)
-            wrapped.zero_grad()
-            wrapped.step(losses)
-
-        return step
-    if method in ("torchjd_mgda", "torchjd_upgrad", "torchjd_cagrad"):
-        from torchjd.aggregation import MGDA, CAGrad, UPGrad
-        from torchjd.autojac import backward, jac_to_grad
-
-        if method == "torchjd_mgda":
-            aggregator = MGDA()
-        elif method == "torchjd_upgrad":
-            aggregator = UPGrad()
-        else:
-            aggregator = CAGrad(c=0.5)
-
-        def step() -> None:
-            losses, _ = task.forward(model)
-            adam.zero_grad()
-            backward(losses)
-            jac_to_grad(params, aggregator)
-            adam.step()
-
-        return step
+    if method.startswith("floor_"):
+        return _floor_stepper(method, model, task, adam)
+    if method.startswith("mograd"):
+        return _mograd_stepper(method, model, task, adam)
+    if method.startswith("torchjd"):
+        return _torchjd_stepper(method, model, task, adam)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
-# (method, hand-written step it is compared with): the same computation, no library.
+def _floor_stepper(method: str, model: nn.Module, task: Task, adam: torch.optim.Adam) -> Stepper:
+    """The hand-written steps: k ``autograd.grad`` into one buffer, MIB's coefficients, then
+    ``.grad = c J`` (exact) or one backward pass of ``sum_i c_i L_i`` (representation)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    repr_mode = method != "floor_exact"
+
+    def step() -> None:
+        losses, feats = task.forward(model)
+        adam.zero_grad()
+        inputs = feats if repr_mode else params
+        numels = [t.numel() for t in inputs]
+        jac = torch.empty(len(losses), sum(numels), device=inputs[0].device)
+        for i, loss in enumerate(losses):
+            keep = repr_mode or i < len(losses) - 1
+            gs = torch.autograd.grad(loss, inputs, retain_graph=keep, allow_unused=True)
+            offset = 0
+            for g, n in zip(gs, numels):
+                seg = jac[i, offset : offset + n]
+                seg.zero_() if g is None else seg.copy_(g.reshape(-1))
+                offset += n
+        c = mib_coefficients(jac @ jac.T, losses)
+        if repr_mode:
+            (c * torch.stack(losses)).sum().backward()
+            if method == "floor_repr_checked":
+                sums = [p.grad.sum() for p in params if p.grad is not None]
+                if not bool(torch.isfinite(torch.stack(sums)).all()):
+                    raise FloatingPointError("non-finite gradient")
+        else:
+            flat = c @ jac
+            offset = 0
+            for p in params:
+                p.grad = flat[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+        adam.step()
+
+    if method not in ("floor_exact", "floor_repr", "floor_repr_checked"):
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    return step
+
+
+def _mograd_stepper(method: str, model: nn.Module, task: Task, adam: torch.optim.Adam) -> Stepper:
+    options: dict[str, dict[str, Any]] = {
+        "mograd": {},
+        "mograd_repr": {},
+        "mograd_repr_nocheck": {"nonfinite": "ignore"},
+        "mograd_frugal": {"jacobian": "gramian", "modules": model},
+        "mograd_upgrad": {"weights": "upgrad"},
+        "mograd_cagrad": {"weights": "cagrad"},
+    }
+    if method not in options:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    opt = mograd.MOWrapper(adam, **options[method])
+    use_features = method in ("mograd_repr", "mograd_repr_nocheck")
+
+    def step() -> None:
+        losses, feats = task.forward(model)
+        opt.zero_grad()
+        opt.step(losses, features=feats if use_features else None)
+
+    return step
+
+
+def _torchjd_stepper(method: str, model: nn.Module, task: Task, adam: torch.optim.Adam) -> Stepper:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if method == "torchjd_autogram":
+        from torchjd.autogram import Engine
+
+        engine = Engine(model, batch_dim=None)
+
+        def gramian_step() -> None:
+            losses, _ = task.forward(model)
+            adam.zero_grad()
+            vector = torch.stack(losses)
+            gramian = engine.compute_gramian(vector)
+            vector.backward(mib_coefficients(gramian, losses))
+            adam.step()
+
+        return gramian_step
+    from torchjd.aggregation import MGDA, CAGrad, UPGrad
+    from torchjd.autojac import backward, jac_to_grad
+
+    aggregators: dict[str, Callable[[], Any]] = {
+        "torchjd_mgda": MGDA,
+        "torchjd_upgrad": UPGrad,
+        "torchjd_cagrad": lambda: CAGrad(c=0.5),
+    }
+    if method not in aggregators:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    aggregator = aggregators[method]()
+
+    def step() -> None:
+        losses, _ = task.forward(model)
+        adam.zero_grad()
+        backward(losses)
+        jac_to_grad(params, aggregator)
+        adam.step()
+
+    return step
+
+
+# (method, the step it is compared with): a hand-written floor (the same computation, no
+# library), the rows path, or TorchJD's autogram engine with the same weights (the peer's
+# Gramian path).
 FLOORS = (
     ("mograd", "floor_exact"),
     ("mograd_frugal", "floor_exact"),
+    ("mograd_frugal", "mograd"),
+    ("mograd_frugal", "torchjd_autogram"),
     ("mograd_repr", "floor_repr"),
     ("mograd_repr", "floor_repr_checked"),
     ("mograd_repr_nocheck", "floor_repr"),
@@ -303,13 +384,15 @@ def paired_ratios(times: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
 
 
 def floor_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: each mograd method's paired step-time ratio to its hand-written floor."""
+    """Markdown: each mograd method's paired step-time ratio to the step it is compared with
+    (its hand-written floor, the rows path, TorchJD's autogram)."""
     keys = [f"{m}/{f}" for m, f in FLOORS if any(f"{m}/{f}" in r.get("vs_floor", {}) for r in rows)]
     if not keys:
         return ""
     lines = [
-        "Paired ratio to the hand-written floor: median over rounds of t(method) / t(floor) "
-        "in the same round, with the interquartile range.",
+        "Paired ratios (to the hand-written floor, the rows path or TorchJD's autogram): "
+        "median over rounds of t(method) / t(other) in the same round, with the "
+        "interquartile range.",
         "",
         "| model | k | " + " | ".join(k.replace("/", " / ") for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
@@ -402,11 +485,17 @@ def _child(model_name: str, k: int, method: str) -> None:
     print(json.dumps({"peak_mb": (after - before) / 1024.0}))
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other processes share the CPU)."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def environment(device: torch.device) -> dict[str, object]:
     """The shared environment record (``benchmarks/_common.py``) plus the device."""
     env: dict[str, object] = dict(common_environment("torchjd", "cvxpy", "clarabel"))
     env["torch_threads"] = torch.get_num_threads()
     env["device"] = str(device)
+    env["load_average"] = _load()
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -458,6 +547,23 @@ def plot_ratios(rows: list[dict[str, object]], methods: list[str], path: Path) -
     plt.close(fig)
 
 
+def solver_grams(
+    ks: Sequence[int], device: torch.device
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """k -> (``G`` in float64, the loss values) of the benchmark MLP's k per-loss gradients."""
+    from mograd.gramian import gram, jacobian_rows
+
+    out = {}
+    for k in ks:
+        task = build_task("mlp", k, device)
+        params = list(task.model.parameters())
+        losses, _ = task.forward(task.model)
+        jac, _, _ = jacobian_rows(losses, params, [], False)
+        g = gram(jac).to(torch.float64)
+        out[k] = (g, torch.stack([loss.detach() for loss in losses]).to(torch.float64))
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -468,16 +574,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--preset",
         choices=sorted(PRESETS),
         default="quick",
-        help="quick: this 2-core CPU; paper: more steps, for a GPU (default quick)",
+        help="quick: this 2-core CPU, k = 2 and 8; many: k = 40 and 128 (MLP) and 40 (CNN), "
+        "the exact paths against TorchJD's autogram, and the solver timings; paper: all "
+        "of them with more steps, for a GPU (default quick)",
     )
     p.add_argument("--models", nargs="+", choices=MODELS, help="models (default: the preset's)")
-    p.add_argument("--k", nargs="+", type=int, choices=[2, 8], help="numbers of losses")
+    p.add_argument(
+        "--k",
+        nargs="+",
+        type=int,
+        help=f"numbers of losses, even, 2 to {MAX_K}, for every model (default: the "
+        "preset's per model)",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
         choices=METHODS,
-        default=list(METHODS),
-        help="methods (default: all; adam is always included)",
+        help="methods (default: the preset's, all but for many; adam is always included)",
     )
     p.add_argument("--steps", type=int, help="timed steps per method (default: the preset's)")
     p.add_argument("--warmup", type=int, help="untimed steps per method first")
@@ -489,6 +602,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch.set_num_threads (default: all cores on CPU)",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--pass-rounds", type=int, help="rounds of the pass costs (default: preset's)")
+    p.add_argument("--no-passes", action="store_true", help="skip the pass costs")
+    p.add_argument(
+        "--solver-k",
+        nargs="+",
+        type=int,
+        help="k of the solver timings on the MLP's Gram matrix (default: the preset's; "
+        "many and paper: 8 16 32 40 64 128)",
+    )
+    p.add_argument("--solver-rounds", type=int, help="rounds of the solver timings")
+    p.add_argument("--no-solvers", action="store_true", help="skip the solver timings")
     p.add_argument(
         "--out",
         type=Path,
@@ -498,15 +622,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--child", nargs=3, metavar=("MODEL", "K", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for name in ("steps", "warmup", "threads"):
+    for name in ("steps", "warmup", "threads", "pass_rounds", "solver_rounds"):
         v = getattr(args, name)
         if v is not None and v < (0 if name == "warmup" else 1):
-            p.error(f"--{name} must be positive, got {v}")
+            p.error(f"--{name.replace('_', '-')} must be positive, got {v}")
+    for name in ("k", "solver_k"):
+        for k in getattr(args, name) or []:
+            try:
+                check_k(k)
+            except ValueError as exc:
+                p.error(f"--{name.replace('_', '-')}: {exc}")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         p.error(f"--device must be cpu or cuda, got {args.device!r}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda requested but CUDA is not available")
     return args
+
+
+def _plan(args: argparse.Namespace, preset: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(model, k, timed steps) of the run."""
+    models = args.models or list(preset["k"])
+    plan = []
+    for model_name in models:
+        if not args.k and model_name not in preset["k"]:
+            continue
+        steps = args.steps or (
+            preset["resnet_steps"] if model_name == "resnet18" else preset["steps"]
+        )
+        for k in args.k or preset["k"][model_name]:
+            plan.append((model_name, k, steps))
+    return plan
+
+
+def _exact_ms(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """k -> the MLP's exact step (mograd_frugal, else mograd) median ms in this run."""
+    out = {}
+    for row in rows:
+        med = row["median_ms"]
+        for m in ("mograd_frugal", "mograd"):
+            if row["model"] == "mlp" and m in med:
+                out[int(row["k"])] = float(med[m])
+                break
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, object]]:
@@ -519,43 +676,41 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     preset = PRESETS[args.preset]
     device = torch.device(args.device)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    models = args.models or preset["models"]
-    ks = args.k or preset["k"]
-    methods = ["adam"] + [m for m in args.methods if m != "adam"]
+    methods = ["adam"] + [m for m in args.methods or preset["methods"] if m != "adam"]
     warmup = preset["warmup"] if args.warmup is None else args.warmup
-    plan = []
-    for model_name in models:
-        steps = args.steps or (
-            preset["resnet_steps"] if model_name == "resnet18" else preset["steps"]
-        )
-        for k in ks:
-            plan.append((model_name, k, steps))
-    total = sum(warmup + s for _, _, s in plan)
-    rows: list[dict[str, object]] = []
+    plan = _plan(args, preset)
+    solver_k = [] if args.no_solvers else (args.solver_k or preset["solver_k"])
+    solver_rounds = args.solver_rounds or preset["solver_rounds"]
+    pass_rounds = args.pass_rounds or preset["pass_rounds"]
+    total = sum(warmup + s for _, _, s in plan) + len(solver_k) * solver_rounds
+    load_start = _load()
+    rows: list[dict[str, Any]] = []
     started = time.time()
     with tqdm(total=total, desc="rounds", unit="round") as bar:
         for model_name, k, steps in plan:
             bar.set_postfix_str(f"{model_name} k={k}")
-            times = time_methods(model_name, k, methods, steps, warmup, device, bar.update)
-            med = {m: statistics.median(t) * 1e3 for m, t in times.items()}
-            row: dict[str, object] = {
-                "model": model_name,
-                "k": k,
-                "steps": steps,
-                "median_ms": med,
-                "ratio": {m: med[m] / med["adam"] for m in methods},
-                "vs_floor": paired_ratios(times),
-                "times_ms": {m: [v * 1e3 for v in t] for m, t in times.items()},
-            }
-            if not args.no_memory:
-                row["peak_mb"] = {m: peak_memory_mb(model_name, k, m, device) for m in methods}
-            rows.append(row)
+            rows.append(
+                _measure(
+                    model_name, k, methods, steps, warmup, device, args, pass_rounds, bar.update
+                )
+            )
+        solvers = {}
+        if solver_k:
+            bar.set_postfix_str("solvers")
+            solvers = solver_times(
+                solver_grams(solver_k, device), solver_rounds, SOLVERS, bar.update
+            )
     table = markdown_table(rows, methods, not args.no_memory)
     floors = floor_table(rows)
     if floors:
         table += "\n" + floors
+    if not args.no_passes:
+        table += "\n" + pass_table(rows)
+    if solvers:
+        table += "\n" + solver_table(solvers, _exact_ms(rows))
     command = command_line("step_overhead", argv)
     env = environment(device)
+    env["load_average_start"] = load_start
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "command": command,
@@ -564,18 +719,53 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         "batch": BATCH,
         "duration_s": time.time() - started,
         "rows": rows,
+        "solvers_ms": {n: {str(k): v for k, v in per.items()} for n, per in solvers.items()},
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     header = (
         f"Command: `{command}`\n\nMachine: {env['processor']}, "
         f"torch {env['torch']} ({env['torch_threads']} threads), device {env['device']}"
         + (f" ({env['gpu']})" if "gpu" in env else "")
+        + f", load average {env['load_average_start']} at the start of the run and "
+        + f"{env['load_average']} at its end"
         + "\n\n"
     )
     (args.out / "table.md").write_text(header + table)
     plot_ratios(rows, methods, args.out / "overhead.png")
     print(header + table)
     return rows
+
+
+def _measure(
+    model_name: str,
+    k: int,
+    methods: list[str],
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    args: argparse.Namespace,
+    pass_rounds: int,
+    progress: Callable[[], None],
+) -> dict[str, Any]:
+    """One row of the results: step times, paired ratios, pass costs, peak memory."""
+    times = time_methods(model_name, k, methods, steps, warmup, device, progress)
+    med = {m: statistics.median(t) * 1e3 for m, t in times.items()}
+    row: dict[str, Any] = {
+        "model": model_name,
+        "k": k,
+        "steps": steps,
+        "median_ms": med,
+        "ratio": {m: med[m] / med["adam"] for m in methods},
+        "vs_floor": paired_ratios(times),
+        "times_ms": {m: [v * 1e3 for v in t] for m, t in times.items()},
+    }
+    if not args.no_passes:
+        task = build_task(model_name, k, device)
+        row["passes"] = pass_costs(task.model, task.forward, pass_rounds, lambda: _sync(device))
+        row["pass_floors"] = pass_floors(row["passes"], k)
+    if not args.no_memory:
+        row["peak_mb"] = {m: peak_memory_mb(model_name, k, m, device) for m in methods}
+    return row
 
 
 if __name__ == "__main__":

@@ -106,9 +106,11 @@ class MultiObjectiveOptimizer(torch.optim.Optimizer):
             ``torch.distributed`` is initialized (default: the world group).
         jacobian: How the exact step forms the Gram matrix: ``"rows"`` (default) keeps the
             $k$ per-loss gradients in one $k \times P$ buffer; ``"gramian"`` never holds it
-            (:class:`mograd.frugal.GramianEngine`: module by module, then one more
-            backward pass of $\sum_i c_i L_i$ writes the gradients; $O(P)$ memory instead of
-            $O(k P)$, see ``docs/performance.md``). Same weights, same update.
+            (:class:`mograd.frugal.GramianEngine`: module by module from forward records,
+            and the update $\sum_i c_i \nabla L_i$ from the same records, without weight
+            gradients of ``nn.Linear`` layers and without another backward pass; $O(P)$
+            memory instead of $O(k P)$, see ``docs/performance.md``). Same weights, same
+            update.
         modules: With ``jacobian="gramian"``: the model (or modules) holding every
             parameter of the wrapped optimizer; forward hooks are registered on it. Under
             FSDP2 (optional): the ``fully_shard``-ed root, whose parameters then stay

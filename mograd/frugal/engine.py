@@ -1,9 +1,11 @@
-"""The engine: forward hooks, records, and :meth:`GramianEngine.gram` (the plan, the
-per-loss backward passes into the units, the folding)."""
+"""The engine: forward hooks, records, :meth:`GramianEngine.gram` (the plan, the per-loss
+backward passes into the units, the folding) and :meth:`GramianEngine.update` (each unit's
+part of ``sum_i c_i grad L_i`` from what it kept)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,17 +14,32 @@ from torch import nn
 from .. import _distributed as distributed
 from ..gramian import row_dtype
 from .folding import distributed_gram, local_gram, reached_anywhere
-from .plan import make_plan
+from .plan import Plan, make_plan
 from .records import Call, hooked_modules, record
-from .units import Backward, Spec, Unit
+from .units import Backward, Grads, Spec, Unit
 
 __all__ = ["DEFAULT_BUCKET", "GramianEngine"]
 
 DEFAULT_BUCKET = 1 << 22
 
 
+@dataclass
+class _Pending:
+    """What :meth:`GramianEngine.update` needs after :meth:`GramianEngine.gram`."""
+
+    plan: Plan
+    params: list[torch.Tensor]
+    extras: list[torch.Tensor]
+    spec: Spec
+    group: Any
+    dist: bool
+    retain: bool
+    updated: bool = False
+
+
 class GramianEngine:
-    """The exact Gram matrix of the per-loss gradients, without the k x P Jacobian.
+    """The exact Gram matrix of the per-loss gradients, and the update from the records,
+    without the k x P Jacobian.
 
     ``last_plan`` lists, after each :meth:`gram`, how each group of shared parameters was
     handled (``"linear_weight:trick"``, ``"linear_weight:rows"``, ``"linear_bias"``,
@@ -31,10 +48,15 @@ class GramianEngine:
     Register it on the model once; every forward pass under grad mode is recorded by
     forward hooks until the next :meth:`gram` (or :meth:`clear`). Then::
 
-        g, reached = engine.gram(losses)           # k backward passes to the module outputs
-        c = coefficients_from(g)                   # any weighting of mograd.weightings
-        grads = weighted_gradients(losses, c, params)   # one backward pass
+        g, reached = engine.gram(losses)   # k backward passes to the module outputs
+        c = coefficients_from(g)           # any weighting of mograd.weightings
+        grads = engine.update(c)           # sum_i c_i grad L_i from the records
+        engine.clear()
         # write grads into .grad
+
+    :meth:`update` forms ``nn.Linear`` weight gradients as ``(sum_i c_i D_i)^T A`` from
+    the recorded inputs and output gradients, with no backward pass;
+    :func:`weighted_gradients` (one backward pass of ``sum_i c_i L_i``) gives the same.
 
     Args:
         modules: The model (or several modules) whose parameters enter the Gram matrix.
@@ -64,9 +86,14 @@ class GramianEngine:
         >>> engine.last_plan  # batch 4 is small against the layers: the activation trick
         [('linear_weight:trick', 256), ('linear_weight:trick', 64),
          ('linear_bias', 32), ('linear_bias', 2)]
-        >>> grads = weighted_gradients(losses, torch.tensor([0.5, 0.5]), params)
+        >>> c = torch.tensor([0.5, 0.5])
+        >>> grads = engine.update(c)
         >>> [tuple(gr.shape) for gr in grads]
         [(32, 8), (32,), (2, 32), (2,)]
+        >>> engine.clear()
+        >>> same = weighted_gradients(losses, c, params)  # one more backward pass
+        >>> all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, same))
+        True
         >>> engine.remove()
 
     See ``docs/performance.md`` (frugal exact step) and the :mod:`mograd.frugal` docstring.
@@ -92,6 +119,7 @@ class GramianEngine:
             None if params is None else _held_params(params, self._modules)
         )
         self._records: list[Call] = []
+        self._pending: _Pending | None = None
         self.last_plan: list[tuple[str, int]] = []
         self._handles: list[Any] = [
             m.register_forward_hook(self._hook, with_kwargs=True)
@@ -109,8 +137,16 @@ class GramianEngine:
             self._records.append(call)
 
     def clear(self) -> None:
-        """Forget the recorded forward calls (and the graph they keep alive)."""
+        """Forget the recorded forward calls and what :meth:`update` would need (and the
+        graph they keep alive)."""
         self._records = []
+        self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            for u in self._pending.plan.units:
+                u.release()
+            self._pending = None
 
     def remove(self) -> None:
         """Remove the forward hooks and forget the records."""
@@ -132,19 +168,26 @@ class GramianEngine:
         params: Sequence[torch.Tensor] | None = None,
         shared: Sequence[torch.Tensor] | None = None,
         *,
+        extras: Sequence[torch.Tensor] = (),
+        retain_graph: bool = True,
         process_group: Any = None,
     ) -> tuple[torch.Tensor, list[bool]]:
         """``G = J_S J_S^T`` of the losses' gradients on ``shared``, never holding ``J``.
 
-        The graph is always retained (the weighted backward pass needs it). The records
-        are consumed: the next call needs a new forward pass.
+        The records are consumed: the next call needs a new forward pass. What
+        :meth:`update` needs is kept until :meth:`clear` (or the next :meth:`gram`).
 
         Args:
             losses: k scalar losses from the recorded forward pass(es).
             params: The parameters (default: those given at construction); ``reached``
-                is reported on them.
+                is reported on them, and :meth:`update` writes their gradients.
             shared: The parameters whose gradients form ``G`` (default: ``params``);
                 each must be one of ``params``.
+            extras: Further leaves (not in ``params``) that :meth:`update` also writes,
+                e.g. leaves outside an optimizer; they never enter ``G``.
+            retain_graph: Keep the autograd graph (for a later backward pass, e.g.
+                :func:`weighted_gradients`). Otherwise the last per-loss pass frees what it
+                runs through and :meth:`update` frees the rest (it can then run once).
             process_group: Under ``torch.distributed``, the group over which the per-loss
                 gradients are averaged before ``G`` is formed (default: the world).
 
@@ -156,31 +199,91 @@ class GramianEngine:
         Raises:
             ValueError: For malformed input, or a loss that reaches none of ``params``.
         """
+        self._drop_pending()
+        records, self._records = self._records, []
         try:
-            return self._gram(list(losses), params, shared, process_group)
-        finally:
-            self.clear()
+            return self._gram(
+                list(losses), params, shared, extras, retain_graph, process_group, records
+            )
+        except BaseException:
+            self._drop_pending()
+            raise
 
     def _gram(
         self,
         losses: list[torch.Tensor],
         params: Sequence[torch.Tensor] | None,
         shared: Sequence[torch.Tensor] | None,
+        extras: Sequence[torch.Tensor],
+        retain: bool,
         process_group: Any,
+        records: list[Call],
     ) -> tuple[torch.Tensor, list[bool]]:
         params = self._resolve_params(params)
         _check_losses(losses)
         shared = _resolve_shared(shared, params)
+        extra_list = _resolve_extras(extras, params)
         ref = params[0]
         spec = Spec(len(losses), row_dtype(ref), ref.device)
         dist = distributed.is_distributed()
-        plan = make_plan(losses, params, shared, self._records, spec, dist=dist)
+        plan = make_plan(
+            losses, params, shared, records, spec, dist=dist, extras=extra_list, retain=retain
+        )
         self.last_plan = plan.summary()
-        _backward_into(plan.units, losses)
+        self._pending = _Pending(plan, params, extra_list, spec, process_group, dist, retain)
+        _backward_into(plan.units, losses, retain)
         if not dist:
             return local_gram(plan.units, spec), plan.reached
         g = distributed_gram(plan.units, shared, spec, self.bucket_elements, process_group)
         return g, reached_anywhere(plan.reached, spec, process_group)
+
+    # ---------------------------------------------------------------- the update
+    def update(self, coefficients: torch.Tensor) -> list[torch.Tensor | None]:
+        """``sum_i c_i grad L_i`` on the ``params`` and ``extras`` of the last :meth:`gram`,
+        from what its units kept: ``nn.Linear`` weights as ``(sum_i c_i D_i)^T A`` from the
+        records, other modules by one backward pass through their own graph with the
+        combined output gradient, the rest as ``c`` times their per-loss gradients.
+
+        Under ``torch.distributed`` the gradients of ``params`` are averaged over the
+        process group (one collective; a parameter no rank reaches stays ``None``); those
+        of ``extras`` are not. Nothing is written to ``.grad``.
+
+        Args:
+            coefficients: The k coefficients ``c`` (cast to the row dtype).
+
+        Returns:
+            The gradients of ``params`` then ``extras`` in the row dtype (``None`` where no
+            loss reaches one).
+
+        Raises:
+            RuntimeError: Without a :meth:`gram` since the last :meth:`clear`, or a second
+                time after a :meth:`gram` that did not retain the graph.
+            ValueError: If ``coefficients`` does not have one entry per loss.
+        """
+        pending = self._pending
+        if pending is None:
+            raise RuntimeError("update() needs a gram() first (clear() forgets it)")
+        if pending.updated and not pending.retain:
+            raise RuntimeError(
+                "update() already ran and freed the graph: pass retain_graph=True to gram() "
+                "to form more than one update"
+            )
+        pending.updated = True
+        spec = pending.spec
+        c = coefficients.detach().to(device=spec.device, dtype=spec.dtype).reshape(-1)
+        if c.shape[0] != spec.k:
+            raise ValueError(f"coefficients has {c.shape[0]} entries for {spec.k} losses")
+        found: dict[int, torch.Tensor | None] = {}
+        for u in pending.plan.units:
+            cu = c if u.spec.dtype == c.dtype else c.to(u.spec.dtype)
+            for p, g in zip(u.params, u.combined(cu)):
+                found[id(p)] = g
+            if not pending.retain:
+                u.release()  # it cannot run again: its records go as its gradients come
+        grads: Grads = [found.get(id(p)) for p in pending.params]
+        if pending.dist:
+            grads = distributed.mean_gradients(pending.params, grads, spec.dtype, pending.group)
+        return [*grads, *(found.get(id(x)) for x in pending.extras)]
 
     def _resolve_params(self, params: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
         if params is None:
@@ -193,13 +296,15 @@ class GramianEngine:
         return out
 
 
-def _backward_into(units: Sequence[Unit], losses: Sequence[torch.Tensor]) -> None:
-    """One backward pass per loss, down to what the units need, handed to every unit."""
+def _backward_into(units: Sequence[Unit], losses: Sequence[torch.Tensor], retain: bool) -> None:
+    """One backward pass per loss, down to what the units need, handed to every unit;
+    ``retain``: keep the graph after the last one."""
     backward = Backward(units)
     if not backward.inputs:
         return
+    last = len(losses) - 1
     for i, loss in enumerate(losses):
-        grads = backward.run(loss)
+        grads = backward.run(loss, retain or i < last)
         for u in units:
             u.take(i, grads)
         del grads
@@ -225,6 +330,19 @@ def _resolve_shared(
     for i, p in enumerate(out):
         if id(p) not in pids:
             raise ValueError(f"shared[{i}] (shape {tuple(p.shape)}) is not one of params")
+    return out
+
+
+def _resolve_extras(
+    extras: Sequence[torch.Tensor], params: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    out = [extras] if isinstance(extras, torch.Tensor) else list(extras)
+    pids = {id(p) for p in params}
+    for i, x in enumerate(out):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"extras[{i}] is a {type(x).__name__}, not a tensor")
+        if id(x) in pids:
+            raise ValueError(f"extras[{i}] (shape {tuple(x.shape)}) is one of params")
     return out
 
 

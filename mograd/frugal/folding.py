@@ -24,7 +24,14 @@ from .. import _distributed as distributed
 if TYPE_CHECKING:
     from .units import Spec, Unit
 
-__all__ = ["block_gram", "distributed_gram", "local_gram", "pow2", "reached_anywhere"]
+__all__ = [
+    "abs_max",
+    "block_gram",
+    "distributed_gram",
+    "local_gram",
+    "pow2",
+    "reached_anywhere",
+]
 
 
 def pow2(amax: torch.Tensor) -> torch.Tensor:
@@ -40,6 +47,17 @@ def pow2(amax: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(amax), exp.to(amax.dtype))
 
 
+def abs_max(x: torch.Tensor) -> torch.Tensor:
+    """``max |x|`` (NaN if ``x`` has one) in one read, without an ``x``-sized temporary.
+
+    Example:
+        >>> abs_max(torch.tensor([[1.0, -3.0], [2.0, 0.5]]))
+        tensor(3.)
+    """
+    lo, hi = torch.aminmax(x)
+    return torch.maximum(hi, -lo)
+
+
 def block_gram(block: torch.Tensor, *, owned: bool) -> torch.Tensor:
     """``block @ block.T`` in float64, rescaled so that it overflows only for non-finite
     entries. ``owned``: ``block`` may be divided in place.
@@ -51,19 +69,20 @@ def block_gram(block: torch.Tensor, *, owned: bool) -> torch.Tensor:
         >>> bool(block_gram(b, owned=False).isfinite().all())
         True
     """
-    s = pow2(block.abs().amax())
+    s = pow2(abs_max(block))
     scaled = block.div_(s) if owned else block / s
     out = (scaled @ scaled.T).to(torch.float64)
     return out * s.to(torch.float64) ** 2
 
 
 def local_gram(units: Sequence[Unit], spec: Spec) -> torch.Tensor:
-    """``G`` on one process: the sum of every unit's block product, each unit released
-    once folded."""
+    """``G`` on one process: the sum of every unit's block product, each unit told once
+    folded (it then keeps only what the update needs)."""
     g = spec.zero_gram()
     for u in units:
-        g += u.gram()
-        u.release()
+        if u.n_gram:
+            g += u.gram()
+            u.folded()
     return g
 
 
@@ -76,7 +95,8 @@ def distributed_gram(
 ) -> torch.Tensor:
     """``G`` of the per-loss gradients averaged over ``group``, bucket by bucket in the
     order of ``shared`` (a parameter no unit holds, i.e. reached by no loss here, gives
-    zero columns, so that every rank sends the same sizes)."""
+    zero columns, so that every rank sends the same sizes). Each unit is told once folded;
+    what the update needs stays local (the update is averaged on its own)."""
     columns = _Columns(units)
     g = spec.zero_gram()
     for bucket in _buckets(shared, bucket_elements):
@@ -117,18 +137,20 @@ def _buckets(shared: Sequence[torch.Tensor], limit: int) -> list[list[torch.Tens
 
 
 class _Columns:
-    """Where each parameter's columns lie in its unit's block; a unit's block is formed
-    when its first parameter is asked for and released after its last."""
+    """Where each shared parameter's columns lie in its unit's block; a unit's block is
+    formed when its first shared parameter is asked for and dropped after its last."""
 
     def __init__(self, units: Sequence[Unit]) -> None:
         self.where: dict[int, tuple[Unit, int]] = {}
         self.remaining: dict[int, int] = {}
         for u in units:
+            if not u.n_gram:
+                continue
             off = 0
-            for p, n in zip(u.params, u.numels):
+            for p, n in zip(u.params[: u.n_gram], u.numels):
                 self.where[id(p)] = (u, off)
                 off += n
-            self.remaining[id(u)] = len(u.params)
+            self.remaining[id(u)] = u.n_gram
         self.cache: dict[int, torch.Tensor] = {}
 
     def copy_into(self, out: torch.Tensor, p: torch.Tensor) -> None:
@@ -145,4 +167,4 @@ class _Columns:
         self.remaining[id(u)] -= 1
         if self.remaining[id(u)] == 0:
             del self.cache[id(u)]
-            u.release()
+            u.folded()

@@ -1,6 +1,8 @@
-"""The plan of one Gram matrix (step 2 of the package docstring): a walk of the autograd
-graph finds every use of each parameter and the recorded calls that hold them, and each
-shared parameter reached by some loss is put into one unit (:mod:`mograd.frugal.units`).
+"""The plan of one step (step 2 of the package docstring): a walk of the autograd graph
+finds every use of each parameter and the recorded calls that hold them, and each parameter
+reached by some loss is put into one unit (:mod:`mograd.frugal.units`). The shared
+parameters come first in every unit (they enter ``G``); the other parameters and the
+leaves outside the optimizer (``extras``) only receive the update.
 
 A parameter whose uses all lie inside the recorded calls of its own module(s) is *local*:
 
@@ -8,11 +10,16 @@ A parameter whose uses all lie inside the recorded calls of its own module(s) is
 * an ``nn.Linear`` bias: :class:`LinearBias`;
 * the parameters of one call of any other module: :class:`Local`, or direct when they are
   fewer than the call's output values (keeping their k per-loss gradients is then cheaper
-  than keeping the output gradients, and the per-loss backward passes form them anyway).
+  than keeping the output gradients, and the per-loss backward passes form them anyway),
+  or when the graph is not kept after the step and the call's own graph is one the
+  per-loss passes run through (an input that requires grad, or a leaf used inside that is
+  not its own): the last pass frees that graph, and the backward passes through it that
+  :class:`Local` needs afterwards would find it gone.
 
 Every other parameter (used outside a module call, a module's own parameter beside
 parameterized sub-modules, a parameter of a module that was not hooked, a loss that is a
-parameter itself) is *direct*: one :class:`Direct` unit, last.
+parameter itself) is *direct*: one :class:`Direct` unit; each leaf outside the optimizer is
+a :class:`Direct` unit of its own (its row dtype may differ), last.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from typing import Any
 
 import torch
 
-from ..gramian import leaves_below
+from ..gramian import leaves_below, row_dtype
+from .linear import LinearBias, LinearWeight
 from .records import Call
-from .units import Direct, LinearBias, LinearWeight, Local, Spec, Unit
+from .units import Direct, Local, Spec, Unit
 
 __all__ = ["Plan", "Uses", "find_uses", "make_plan", "reaches", "walk_call"]
 
@@ -47,14 +55,19 @@ class Uses:
 
 @dataclass
 class Plan:
-    """The units of one Gram matrix, in folding order, and which params a loss reaches."""
+    """The units of one step, in folding order, and which params some loss reaches."""
 
     units: list[Unit]
     reached: list[bool]
 
+    @property
+    def gram_units(self) -> list[Unit]:
+        """The units that hold a shared parameter (they enter ``G``)."""
+        return [u for u in self.units if u.n_gram > 0]
+
     def summary(self) -> list[tuple[str, int]]:
-        """``(label, size)`` per unit: :attr:`GramianEngine.last_plan`."""
-        return [(u.label, u.size) for u in self.units]
+        """``(label, shared size)`` per unit in ``G``: :attr:`GramianEngine.last_plan`."""
+        return [(u.label, u.gram_size) for u in self.gram_units]
 
 
 def make_plan(
@@ -65,8 +78,12 @@ def make_plan(
     spec: Spec,
     *,
     dist: bool,
+    extras: Sequence[torch.Tensor] = (),
+    retain: bool = True,
 ) -> Plan:
-    """Walk the graph below ``losses`` and put every reached one of ``shared`` into a unit.
+    """Walk the graph below ``losses`` and put every reached one of ``params`` (``shared``
+    first) and every one of ``extras`` into a unit. ``retain``: the graph is kept after
+    the step (otherwise the last per-loss pass frees what it runs through).
 
     Raises:
         ValueError: If a loss reaches none of ``params``.
@@ -79,7 +96,11 @@ def make_plan(
             walk_call(c, pids)
             for pid in c.found:
                 holders.setdefault(pid, []).append(c)
-    units = _units(shared, uses, holders, spec, dist)
+    sids = {id(p) for p in shared}
+    rest = [p for p in params if id(p) not in sids]
+    units = _units(shared, rest, uses, holders, spec, dist, retain)
+    for x in extras:
+        units.append(Direct([x], Spec(spec.k, row_dtype(x), x.device), 0))
     return Plan(units, [id(p) in uses.consumers for p in params])
 
 
@@ -124,10 +145,12 @@ def reaches(root: Any, pids: dict[int, int]) -> bool:
 
 def walk_call(call: Call, pids: dict[int, int]) -> None:
     """Fill ``call.local`` (the autograd nodes of the call, from its outputs down to its
-    inputs) and ``call.found`` (the ids of the parameters of ``pids`` used there)."""
+    inputs), ``call.found`` (the ids of the parameters of ``pids`` used there) and
+    ``call.leaves`` (the ids of every leaf used there)."""
     stack = [e.node for e in call.outputs]
     local: set[Any] = set()
     found: set[int] = set()
+    leaves: set[int] = set()
     while stack:
         fn = stack.pop()
         if fn in local or fn in call.stops:
@@ -141,9 +164,11 @@ def walk_call(call: Call, pids: dict[int, int]) -> None:
             v = getattr(nxt, "variable", None)
             if v is None:
                 stack.append(nxt)
-            elif id(v) in pids:
+                continue
+            leaves.add(id(v))
+            if id(v) in pids:
                 found.add(id(v))
-    call.local, call.found = local, found
+    call.local, call.found, call.leaves = local, found, leaves
 
 
 def _kind(p: torch.Tensor, uses: Uses, holders: list[Call]) -> str:
@@ -162,35 +187,48 @@ def _kind(p: torch.Tensor, uses: Uses, holders: list[Call]) -> str:
 
 def _units(
     shared: Sequence[torch.Tensor],
+    rest: Sequence[torch.Tensor],
     uses: Uses,
     holders: dict[int, list[Call]],
     spec: Spec,
     dist: bool,
+    retain: bool,
 ) -> list[Unit]:
-    """The units, in folding order: Linear weights, Linear biases, local calls, direct."""
+    """The units, in folding order: Linear weights, Linear biases, local calls, direct;
+    in each, the shared parameters first."""
     weights: list[Unit] = []
     biases: list[Unit] = []
-    local: dict[Call, list[torch.Tensor]] = {}
-    direct: list[torch.Tensor] = []
-    for p in shared:
-        if id(p) not in uses.consumers:
-            continue  # no loss reaches it: no contribution
-        hs = holders.get(id(p), [])
-        kind = _kind(p, uses, hs)
-        if kind == "linear_weight":
-            weights.append(LinearWeight(p, spec, hs, dist))
-        elif kind == "linear_bias":
-            biases.append(LinearBias(p, spec, hs))
-        elif kind == "local":
-            local.setdefault(hs[0], []).append(p)
-        else:
-            direct.append(p)
+    local: dict[Call, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    direct: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    for part, group in enumerate((shared, rest)):
+        n_gram = 1 - part
+        for p in group:
+            if id(p) not in uses.consumers:
+                continue  # no loss reaches it: no contribution
+            hs = holders.get(id(p), [])
+            kind = _kind(p, uses, hs)
+            if kind == "linear_weight":
+                weights.append(LinearWeight(p, spec, hs, dist=dist, n_gram=n_gram))
+            elif kind == "linear_bias":
+                biases.append(LinearBias(p, spec, hs, n_gram))
+            elif kind == "local":
+                local.setdefault(hs[0], ([], []))[part].append(p)
+            else:
+                direct[part].append(p)
     units = [*weights, *biases]
-    for call, ps in local.items():
-        if sum(p.numel() for p in ps) <= call.out_numel:
-            direct.extend(ps)
+    for call, (gram_ps, rest_ps) in local.items():
+        ps = [*gram_ps, *rest_ps]
+        if sum(p.numel() for p in ps) <= call.out_numel or not (retain or _own(call, ps)):
+            direct[0].extend(gram_ps)
+            direct[1].extend(rest_ps)
         else:
-            units.append(Local(ps, spec, call))
-    if direct:
-        units.append(Direct(direct, spec))
+            units.append(Local(ps, spec, call, len(gram_ps), retain))
+    if direct[0] or direct[1]:
+        units.append(Direct([*direct[0], *direct[1]], spec, len(direct[0])))
     return units
+
+
+def _own(call: Call, params: Sequence[torch.Tensor]) -> bool:
+    """No per-loss pass runs through the call's own graph: no input of it requires grad
+    and every leaf used inside is one of ``params``."""
+    return not call.stops and call.leaves <= {id(p) for p in params}

@@ -23,8 +23,9 @@ __all__ = ["Call", "hooked_modules", "record"]
 class Call:
     """One recorded forward call of a hooked module.
 
-    ``local`` and ``found`` are filled by :func:`mograd.frugal.plan.walk_call`: the autograd
-    nodes inside the call and the ids of the parameters used there.
+    ``local``, ``found`` and ``leaves`` are filled by :func:`mograd.frugal.plan.walk_call`:
+    the autograd nodes inside the call, the ids of the parameters used there and the ids of
+    every leaf used there.
     """
 
     module: nn.Module
@@ -38,6 +39,7 @@ class Call:
     bias: torch.Tensor | None = None
     local: set[Any] = field(default_factory=set)
     found: set[int] = field(default_factory=set)
+    leaves: set[int] = field(default_factory=set)
 
     @property
     def linear_input_unchanged(self) -> bool:
@@ -52,9 +54,7 @@ def hooked_modules(modules: list[nn.Module]) -> list[nn.Module]:
     def holds(m: nn.Module) -> bool:
         return any(p is not None for p in m._parameters.values())
 
-    return [
-        m for m in modules if holds(m) and not any(holds(s) for s in m.modules() if s is not m)
-    ]
+    return [m for m in modules if holds(m) and not any(holds(s) for s in m.modules() if s is not m)]
 
 
 def record(

@@ -1,17 +1,23 @@
-"""The units of the Gram matrix: sets of shared parameters whose block ``J_m`` is formed
-together (step 4 of the package docstring), behind one interface.
+"""The units: sets of leaves whose per-loss gradients are handled together (step 4 of the
+package docstring), behind one interface.
 
 Every unit
 
 * says what the per-loss backward passes must reach for it (:meth:`Unit.needs`: recorded
-  calls, whose output gradients it reads, and direct parameters, whose gradients it reads);
+  calls, whose output gradients it reads, and direct leaves, whose gradients it reads);
 * receives each pass's results the same way (:meth:`Unit.take` with a :class:`LossGrads`);
 * gives its ``(k, size)`` block of per-loss gradients (:meth:`Unit.block`, for the
   distributed folding), or its float64 ``(k, k)`` contribution to ``G`` directly
-  (:meth:`Unit.gram`), and then drops what it kept (:meth:`Unit.release`).
+  (:meth:`Unit.gram`), then drops what the update does not need (:meth:`Unit.folded`);
+* writes its part of the update ``sum_i c_i grad L_i`` from what it kept
+  (:meth:`Unit.combined`), and then drops everything (:meth:`Unit.release`).
+
+Only the first ``n_gram`` leaves of a unit enter ``G`` (the shared parameters); the others
+(task-specific parameters, leaves outside the optimizer) only receive the update.
 
 :class:`Backward` gathers every unit's needs into the inputs of one ``autograd.grad`` call
-per loss, so the engine runs ``for u in units: u.take(i, grads)``.
+per loss, so the engine runs ``for u in units: u.take(i, grads)``. The ``nn.Linear`` units
+live in :mod:`mograd.frugal.linear`.
 """
 
 from __future__ import annotations
@@ -23,20 +29,12 @@ from typing import Any, ClassVar
 import torch
 from torch.autograd.graph import GradientEdge
 
-from .folding import block_gram, pow2
+from .folding import abs_max, pow2
 from .records import Call
 
-__all__ = [
-    "Backward",
-    "Direct",
-    "LinearBias",
-    "LinearWeight",
-    "Local",
-    "LossGrads",
-    "Rows",
-    "Spec",
-    "Unit",
-]
+__all__ = ["Backward", "Direct", "Local", "LossGrads", "Rows", "Spec", "Unit"]
+
+Grads = list[torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class Spec:
 
 class Backward:
     """The inputs of the per-loss backward passes: every output edge of the calls the
-    units need (in the units' order, each call once), then the direct parameters."""
+    units need (in the units' order, each call once), then the direct leaves."""
 
     def __init__(self, units: Sequence[Unit]) -> None:
         self.spans: dict[Call, tuple[int, int]] = {}  # call -> its slice of the inputs
@@ -74,9 +72,10 @@ class Backward:
         self.slots = {id(p): len(edges) + j for j, p in enumerate(params)}
         self.inputs: list[Any] = [*edges, *params]  # edges and tensors
 
-    def run(self, loss: torch.Tensor) -> LossGrads:
-        """One loss's backward pass down to the inputs (the graph is retained)."""
-        grads = torch.autograd.grad(loss, self.inputs, retain_graph=True, allow_unused=True)
+    def run(self, loss: torch.Tensor, retain: bool) -> LossGrads:
+        """One loss's backward pass down to the inputs; ``retain``: keep the graph (the
+        last pass of a step that does not keep it frees what it ran through)."""
+        grads = torch.autograd.grad(loss, self.inputs, retain_graph=retain, allow_unused=True)
         return LossGrads(self, grads)
 
 
@@ -87,7 +86,7 @@ class LossGrads:
         self._backward = backward
         self._grads = grads
 
-    def outputs(self, call: Call) -> list[torch.Tensor | None]:
+    def outputs(self, call: Call) -> Grads:
         """The gradients at the output edges of ``call`` (``None``: not reached)."""
         a, b = self._backward.spans[call]
         return list(self._grads[a:b])
@@ -98,20 +97,23 @@ class LossGrads:
         return self._grads[a] if b > a else None
 
     def param(self, p: torch.Tensor) -> torch.Tensor | None:
-        """The gradient of a direct parameter."""
+        """The gradient of a direct leaf."""
         return self._grads[self._backward.slots[id(p)]]
 
 
 class Unit:
-    """A set of shared parameters whose per-loss gradients are formed together."""
+    """A set of leaves whose per-loss gradients are formed together; the first ``n_gram``
+    (default: all) enter ``G``."""
 
     kind: ClassVar[str] = "unit"
 
-    def __init__(self, params: list[torch.Tensor], spec: Spec) -> None:
+    def __init__(self, params: list[torch.Tensor], spec: Spec, n_gram: int | None = None) -> None:
         self.params = params
         self.spec = spec
         self.numels = [p.numel() for p in params]
         self.size = sum(self.numels)
+        self.n_gram = len(params) if n_gram is None else n_gram
+        self.gram_size = sum(self.numels[: self.n_gram])
 
     @property
     def label(self) -> str:
@@ -119,7 +121,7 @@ class Unit:
         return self.kind
 
     def needs(self) -> tuple[list[Call], list[torch.Tensor]]:
-        """The recorded calls and the direct parameters the backward passes must reach."""
+        """The recorded calls and the direct leaves the backward passes must reach."""
         return [], []
 
     def take(self, i: int, grads: LossGrads) -> None:
@@ -127,11 +129,20 @@ class Unit:
         raise NotImplementedError  # pragma: no cover
 
     def block(self) -> torch.Tensor:
-        """The ``(k, size)`` per-loss gradients (zero rows for losses that miss them)."""
+        """The ``(k, size)`` per-loss gradients (zero rows for losses that miss them); the
+        first ``gram_size`` columns are those of the leaves in ``G``."""
         raise NotImplementedError  # pragma: no cover
 
     def gram(self) -> torch.Tensor:
         """This unit's ``(k, k)`` float64 contribution to ``G``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def folded(self) -> None:
+        """``G`` is formed: drop what :meth:`combined` does not need."""
+
+    def combined(self, c: torch.Tensor) -> Grads:
+        """``sum_i c_i grad L_i`` per leaf (``None``: no loss reaches it); ``c`` has the
+        row dtype."""
         raise NotImplementedError  # pragma: no cover
 
     def release(self) -> None:
@@ -139,12 +150,14 @@ class Unit:
 
 
 class Rows(Unit):
-    """A unit whose per-loss gradients are written into a ``(k, size)`` buffer."""
+    """A unit whose per-loss gradients are written into a ``(k, size)`` buffer; the update
+    is ``c @ buf`` (k multiply-adds per column)."""
 
-    def __init__(self, params: list[torch.Tensor], spec: Spec) -> None:
-        super().__init__(params, spec)
+    def __init__(self, params: list[torch.Tensor], spec: Spec, n_gram: int | None = None) -> None:
+        super().__init__(params, spec, n_gram)
         self.buf: torch.Tensor | None = None
-        self.hit = False
+        self.hits = [False] * len(params)
+        self.scale: torch.Tensor | None = None  # the G columns of buf were divided by it
 
     def ensure(self) -> torch.Tensor:
         """The buffer (zeros when first asked for)."""
@@ -154,33 +167,55 @@ class Rows(Unit):
         return self.buf
 
     def write(self, i: int, grads: Sequence[torch.Tensor | None]) -> None:
-        """Row ``i``: the gradients of ``params`` (``None``: zeros)."""
+        """Row ``i``: the gradients of the first ``len(grads)`` params (``None``: zeros)."""
         if all(g is None for g in grads):
             return
         buf = self.ensure()
-        self.hit = True
         off = 0
-        for g, n in zip(grads, self.numels):
+        for j, (g, n) in enumerate(zip(grads, self.numels)):
             if g is not None:
                 if g.layout != torch.strided:
                     g = g.to_dense()
                 buf[i, off : off + n].copy_(g.reshape(-1))
+                self.hits[j] = True
             off += n
 
     def block(self) -> torch.Tensor:
         return self.ensure()
 
     def gram(self) -> torch.Tensor:
-        if not self.hit:
+        if not any(self.hits[: self.n_gram]):
             return self.spec.zero_gram()
-        return block_gram(self.ensure(), owned=True)
+        cols = self.ensure()[:, : self.gram_size]
+        s = pow2(abs_max(cols))  # divided in place (exact), undone in combined()
+        cols.div_(s)
+        self.scale = s
+        out = (cols @ cols.T).to(torch.float64)
+        return out * s.to(torch.float64) ** 2
+
+    def combined(self, c: torch.Tensor) -> Grads:
+        if self.buf is None or not any(self.hits):
+            return [None] * len(self.params)
+        flat = c @ self.buf
+        if self.scale is not None:
+            flat[: self.gram_size].mul_(self.scale)
+        return self.split(flat)
+
+    def split(self, flat: torch.Tensor) -> Grads:
+        """``flat`` as one view per leaf (``None`` for the leaves no loss reached)."""
+        out: Grads = []
+        off = 0
+        for p, n, hit in zip(self.params, self.numels, self.hits):
+            out.append(flat[off : off + n].view(p.shape) if hit else None)
+            off += n
+        return out
 
     def release(self) -> None:
         self.buf = None
 
 
 class Direct(Rows):
-    """Parameters whose per-loss gradients the backward passes form themselves."""
+    """Leaves whose per-loss gradients the backward passes form themselves."""
 
     kind = "direct"
 
@@ -193,15 +228,21 @@ class Direct(Rows):
 
 class Local(Rows):
     """Parameters of one generic module call with more parameters than output values: the
-    k output gradients are kept, and at folding time a backward pass through the call's
-    own graph (from its output edges to its parameters) forms each per-loss gradient."""
+    k output gradients ``d_i`` are kept; for ``G`` a backward pass through the call's own
+    graph (from its output edges to its parameters) forms each per-loss gradient, and the
+    update is one more such pass with ``sum_i c_i d_i``.
+
+    ``retain``: keep the call's graph after the update (otherwise that pass frees it)."""
 
     kind = "local"
 
-    def __init__(self, params: list[torch.Tensor], spec: Spec, call: Call) -> None:
-        super().__init__(params, spec)
+    def __init__(
+        self, params: list[torch.Tensor], spec: Spec, call: Call, n_gram: int, retain: bool
+    ) -> None:
+        super().__init__(params, spec, n_gram)
         self.call = call
-        self.outs: list[list[torch.Tensor | None] | None] = [None] * spec.k
+        self.retain = retain
+        self.outs: list[Grads | None] = [None] * spec.k
 
     def needs(self) -> tuple[list[Call], list[torch.Tensor]]:
         return [self.call], []
@@ -210,152 +251,61 @@ class Local(Rows):
         d = grads.outputs(self.call)
         self.outs[i] = None if all(g is None for g in d) else d
 
-    def _vjp(self, d: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    def _vjp(self, d: Grads, params: list[torch.Tensor], retain: bool) -> Grads:
         pairs = [(e, g) for e, g in zip(self.call.outputs, d) if g is not None]
         return list(
             torch.autograd.grad(
                 [e for e, _ in pairs],
-                self.params,
+                params,
                 grad_outputs=[g for _, g in pairs],
-                retain_graph=True,
+                retain_graph=retain,
                 allow_unused=True,
             )
         )
 
     def block(self) -> torch.Tensor:
-        for i, d in enumerate(self.outs):
-            if d is not None:
-                self.write(i, self._vjp(d))
-                self.outs[i] = None
+        if self.buf is None:
+            gram_params = self.params[: self.n_gram]
+            for i, d in enumerate(self.outs):
+                if d is not None:
+                    self.write(i, self._vjp(d, gram_params, True))
         return self.ensure()
 
     def gram(self) -> torch.Tensor:
         self.block()
         return super().gram()
 
+    def folded(self) -> None:
+        self.buf = None
+        self.scale = None
+
+    def combined(self, c: torch.Tensor) -> Grads:
+        summed: Grads = []
+        for j in range(len(self.call.outputs)):
+            total: torch.Tensor | None = None
+            dtype = c.dtype
+            for i, d in enumerate(self.outs):
+                g = None if d is None else d[j]
+                if g is not None:
+                    dtype = g.dtype
+                    term = g.to(c.dtype) * c[i]
+                    total = term if total is None else total.add_(term)
+            summed.append(None if total is None else total.to(dtype))
+        if all(g is None for g in summed):
+            return [None] * len(self.params)
+        grads = self._vjp(summed, self.params, self.retain)
+        out: Grads = []
+        storages: set[int] = set()
+        for g in grads:
+            if g is not None:
+                g = g.to(c.dtype)
+                key = g.untyped_storage().data_ptr()
+                if key in storages:  # autograd may hand one tensor to two parameters
+                    g = g.clone()
+                storages.add(key)
+            out.append(g)
+        return out
+
     def release(self) -> None:
         super().release()
         self.outs = []
-
-
-class LinearBias(Rows):
-    """``nn.Linear`` bias (all calls of it): the per-loss gradient is the row sum of the
-    output gradients."""
-
-    kind = "linear_bias"
-
-    def __init__(self, bias: torch.Tensor, spec: Spec, calls: list[Call]) -> None:
-        super().__init__([bias], spec)
-        self.calls = calls
-
-    def needs(self) -> tuple[list[Call], list[torch.Tensor]]:
-        return list(self.calls), []
-
-    def take(self, i: int, grads: LossGrads) -> None:
-        ds = [grads.first(c) for c in self.calls]
-        sums = [d.reshape(-1, d.shape[-1]).sum(0) for d in ds if d is not None]
-        if sums:
-            self.write(i, [torch.stack(sums).sum(0) if len(sums) > 1 else sums[0]])
-
-
-class LinearWeight(Rows):
-    """``nn.Linear`` weight (all calls of it): ``grad = D^T A`` with the rows of every call
-    stacked. Its block product is formed one of three ways, chosen by operation count
-    (``label``): ``trick`` (``<D_i, (A A^T) D_j>``, no weight-sized tensor; not under
-    ``torch.distributed``), ``rows`` (each ``D_i^T A`` formed as the pass arrives: fewer
-    inputs than rows) or ``outputs`` (the ``D_i`` kept, ``D_i^T A`` formed at folding)."""
-
-    kind = "linear_weight"
-
-    def __init__(self, weight: torch.Tensor, spec: Spec, calls: list[Call], dist: bool) -> None:
-        super().__init__([weight], spec)
-        self.calls = calls
-        out_f, in_f = weight.shape
-        self.call_rows = [int(c.x.numel()) // in_f for c in calls if c.x is not None]
-        rows = self.rows = sum(self.call_rows)
-        k = spec.k
-        trick = k * rows * rows * out_f + rows * rows * in_f + k * k * rows * out_f
-        form = k * rows * out_f * in_f + k * k * out_f * in_f
-        self.trick = (not dist) and trick < form
-        # Forming the weight gradient per loss right away keeps less than the output
-        # gradients when the layer has fewer inputs than rows.
-        self.keep_rows = not self.trick and in_f < rows
-        self.ds: list[list[torch.Tensor | None] | None] = [None] * k
-
-    @property
-    def label(self) -> str:
-        how = "trick" if self.trick else "rows" if self.keep_rows else "outputs"
-        return f"{self.kind}:{how}"
-
-    def needs(self) -> tuple[list[Call], list[torch.Tensor]]:
-        return list(self.calls), []
-
-    def take(self, i: int, grads: LossGrads) -> None:
-        ds = [grads.first(c) for c in self.calls]
-        if all(d is None for d in ds):
-            return
-        if self.keep_rows:
-            self.write(i, [self._grad_of(ds)])
-        else:
-            self.ds[i] = ds
-
-    def _inputs(self) -> list[torch.Tensor]:
-        in_f = self.params[0].shape[1]
-        return [c.x.reshape(-1, in_f) for c in self.calls]  # type: ignore[union-attr]
-
-    def _grad_of(self, ds: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
-        """``sum over calls of D^T A`` for one loss."""
-        out = None
-        out_f = self.params[0].shape[0]
-        for a, d in zip(self._inputs(), ds):
-            if d is None:
-                continue
-            g = d.reshape(-1, out_f).T @ a
-            out = g if out is None else out + g
-        return out
-
-    def block(self) -> torch.Tensor:
-        for i, ds in enumerate(self.ds):
-            if ds is not None:
-                self.write(i, [self._grad_of(ds)])
-                self.ds[i] = None
-        return self.ensure()
-
-    def gram(self) -> torch.Tensor:
-        if not self.trick:
-            self.block()
-            return super().gram()
-        if all(ds is None for ds in self.ds):
-            return self.spec.zero_gram()
-        a = torch.cat(self._inputs()).to(self.spec.dtype)
-        sa = pow2(a.abs().amax())
-        a = a / sa
-        kern = a @ a.T  # (rows, rows)
-        del a
-        d = self._stacked_outputs()
-        sd = pow2(d.abs().amax())
-        d.div_(sd)
-        kd = torch.matmul(kern, d)
-        k = self.spec.k
-        g = d.reshape(k, -1) @ kd.reshape(k, -1).T
-        g = 0.5 * (g + g.T)
-        return g.to(torch.float64) * (sa.to(torch.float64) * sd.to(torch.float64)) ** 2
-
-    def _stacked_outputs(self) -> torch.Tensor:
-        """The ``(k, rows, out_features)`` output gradients, every call's rows stacked."""
-        out_f = self.params[0].shape[0]
-        s = self.spec
-        d = torch.zeros((s.k, self.rows, out_f), dtype=s.dtype, device=s.device)
-        for i, ds in enumerate(self.ds):
-            if ds is None:
-                continue
-            start = 0
-            for n, di in zip(self.call_rows, ds):
-                if di is not None:
-                    d[i, start : start + n].copy_(di.reshape(-1, out_f))
-                start += n
-        return d
-
-    def release(self) -> None:
-        super().release()
-        self.ds = []

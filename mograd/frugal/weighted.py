@@ -1,4 +1,6 @@
-"""The update of the frugal step: ``sum_i c_i grad L_i`` by one backward pass."""
+"""``sum_i c_i grad L_i`` by one backward pass of ``sum_i c_i L_i``: the same update that
+:meth:`mograd.frugal.GramianEngine.update` forms from the records, for callers that keep
+the graph and prefer a plain backward pass (and as its reference)."""
 
 from __future__ import annotations
 

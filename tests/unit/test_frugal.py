@@ -1,4 +1,5 @@
-"""The frugal exact Gram matrix (mograd.frugal) against J @ J.T of the default path."""
+"""The frugal exact Gram matrix and update (mograd.frugal) against J @ J.T and c @ J of
+the default path."""
 
 from __future__ import annotations
 
@@ -146,12 +147,17 @@ def test_same_gram_and_update_as_rows(case, dtype):
     assert g.dtype == torch.float64 and g.shape == (len(losses), len(losses))
     assert_gram_close(g, ref, dtype)
     assert all(reached)
-    # the update: one weighted backward pass == c @ J
     c = torch.linspace(0.2, 1.0, len(losses), dtype=dtype)
-    grads = weighted_gradients(losses, c, order)
-    flat = torch.cat([gr.reshape(-1) for gr in grads])
-    torch.testing.assert_close(flat, c @ jac, rtol=TOL[dtype] * 10, atol=TOL[dtype])
+    # the update from the records == c @ J, and so is one weighted backward pass
+    assert_update_close(engine.update(c), c @ jac, dtype)
+    assert_update_close(weighted_gradients(losses, c, order), c @ jac, dtype)
     engine.remove()
+
+
+def assert_update_close(grads, ref, dtype):
+    flat = torch.cat([gr.reshape(-1) for gr in grads])
+    err = float((flat - ref).abs().max() / ref.abs().max())
+    assert err <= TOL[dtype], f"relative error {err:.2e} > {TOL[dtype]:.0e}"
 
 
 def test_plan_uses_the_cheap_paths():
@@ -196,6 +202,92 @@ def test_partial_losses_and_shared_subset():
     engine.remove()
 
 
+def test_update_of_task_parameters_and_extras_then_the_graph_is_freed():
+    """Task-specific parameters and a leaf outside ``params`` receive the update but do
+    not enter ``G``; without ``retain_graph`` the step frees the graph (as
+    ``loss.backward()`` would) and the update can be formed once."""
+    torch.manual_seed(0)
+    enc, dec, aux = nn.Linear(6, 12), nn.Linear(12, 3), nn.Linear(12, 2)
+    lstm = nn.LSTM(3, 40, batch_first=True)  # first module, more parameters than outputs
+    mods = nn.ModuleList([lstm, enc, dec, aux])
+    params = [*lstm.parameters(), *enc.parameters(), *dec.parameters(), *aux.parameters()]
+    shared = [*lstm.parameters(), *enc.parameters()]
+    engine = GramianEngine(mods, params)
+    shift = torch.zeros(6, requires_grad=True)  # leaves outside params
+    gate = nn.Parameter(torch.tensor(0.7))
+    out, _ = lstm(torch.randn(5, 4, 3))
+    h = torch.relu(enc(out[:, -1, :6] + shift)) * gate
+    losses = [dec(h).pow(2).mean(), h.pow(2).mean(), aux(h).sum()]
+    extras = [shift, gate]
+    jac, _, blocks = jacobian_rows(losses, params, extras, True)
+    n = sum(p.numel() for p in shared)
+    c = torch.tensor([0.5, 0.3, 0.2])
+    g, reached = engine.gram(losses, params, shared, extras=extras, retain_graph=False)
+    assert_gram_close(g, jac[:, :n] @ jac[:, :n].T, torch.float32)
+    assert all(reached)
+    assert dict(engine.last_plan)["local"] == sum(p.numel() for p in lstm.parameters())
+    grads = engine.update(c)
+    assert_update_close(grads[: len(params)], c @ jac, torch.float32)
+    for got, blk in zip(grads[len(params) :], blocks):
+        torch.testing.assert_close(got.reshape(-1), c @ blk, rtol=1e-5, atol=1e-7)
+    with pytest.raises(RuntimeError, match="already ran and freed the graph"):
+        engine.update(c)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        losses[0].backward()  # every saved tensor was freed
+    engine.clear()
+    with pytest.raises(RuntimeError, match="needs a gram"):
+        engine.update(c)
+    engine.remove()
+
+
+def test_a_local_module_the_passes_run_through_is_direct_when_the_graph_is_freed():
+    torch.manual_seed(0)
+    model = Recurrent()
+    params = list(model.parameters())
+    for retain, kind in ((True, "local"), (False, "direct")):
+        engine = GramianEngine(model, params)
+        losses = recurrent_losses(model, torch.float32)
+        ref, jac, _ = reference(losses, params)
+        g, _ = engine.gram(losses, retain_graph=retain)
+        plan = dict(engine.last_plan)
+        assert kind in plan and plan.get("local", 0) == (kind == "local") * sum(
+            p.numel() for p in model.rnn.parameters()
+        )
+        assert_gram_close(g, ref, torch.float32)
+        c = torch.tensor([0.2, 0.5, 0.3])
+        assert_update_close(engine.update(c), c @ jac, torch.float32)
+        engine.remove()
+
+
+def test_no_weight_gradient_is_formed_for_linear_layers():
+    """Pass counts: in one wrapper step the Linear weights of an MLP at a small batch
+    never get a gradient from autograd (G and the update come from the records), while a
+    parameter used outside its module gets one per loss."""
+    from mograd import MOWrapper
+
+    torch.manual_seed(0)
+    model = MLP()
+    scale = nn.Parameter(torch.tensor(1.0))
+    holder = nn.ParameterList([scale])
+    params = [*model.parameters(), scale]
+    opt = MOWrapper(torch.optim.SGD(params, lr=0.1), jacobian="gramian", modules=[model, holder])
+    counts = {id(p): 0 for p in params}
+
+    def counter(key: int):
+        def hook(grad):
+            counts[key] += 1
+
+        return hook
+
+    for p in params:
+        p.register_hook(counter(id(p)))
+    out = model(torch.randn(8, 10)) * scale
+    opt.step([out[:, 0].pow(2).mean(), out[:, 1].abs().mean(), F.softplus(out).sum()])
+    assert all(counts[id(p)] == 0 for p in model.parameters())
+    assert counts[id(scale)] == 3  # direct: one gradient per loss, no weighted pass
+    assert all(p.grad is not None for p in params)
+
+
 def test_hooks_records_and_removal():
     model = MLP()
     engine = GramianEngine(model, list(model.parameters()))
@@ -232,6 +324,13 @@ def test_bad_input():
         engine.gram([out.sum(), stray])
     with pytest.raises(ValueError, match="losses is empty"):
         engine.gram([])
+    out = model(torch.randn(4, 10))
+    with pytest.raises(ValueError, match=r"extras\[0\].*is one of params"):
+        engine.gram([out.sum(), out.mean()], extras=[model.head.weight])
+    out = model(torch.randn(4, 10))
+    engine.gram([out.sum(), out.mean()])
+    with pytest.raises(ValueError, match="coefficients has 3 entries for 2 losses"):
+        engine.update(torch.ones(3))
     with pytest.raises(ValueError, match="scalar"):
         engine.gram([model(torch.randn(4, 10))])
     engine.remove()
@@ -354,8 +453,12 @@ def dist_worker(rank: int, world: int, init_file: str, out_dir: str, mode: str) 
         kinds = {kind for kind, _ in engine.last_plan}
         assert {"local", "direct", "linear_weight:outputs", "linear_bias"} <= kinds, kinds
         c = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+        update = engine.update(c)  # from the records, averaged over the ranks
         grads = weighted_gradients(losses, c, params, reached=reached)
-        torch.save({"g": g, "grads": grads, "reached": reached}, os.path.join(out_dir, f"r{rank}.pt"))
+        torch.save(
+            {"g": g, "grads": grads, "update": update, "reached": reached},
+            os.path.join(out_dir, f"r{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -374,8 +477,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path, mode):
     for r in range(2):
         out = torch.load(tmp_path / f"r{r}.pt", weights_only=True)
         assert_gram_close(out["g"], ref, torch.float64)
-        flat = torch.cat([g.reshape(-1) for g in out["grads"]])
-        torch.testing.assert_close(flat, c @ jac, rtol=1e-10, atol=1e-12)
+        for key in ("grads", "update"):
+            flat = torch.cat([g.reshape(-1) for g in out[key]])
+            torch.testing.assert_close(flat, c @ jac, rtol=1e-10, atol=1e-12)
         assert all(out["reached"])
 
 

@@ -47,6 +47,43 @@ def test_gramian_steps_like_rows(dtype, tol, weights) -> None:
         torch.testing.assert_close(q, p, rtol=tol * 10, atol=tol * 10)
 
 
+@pytest.mark.parametrize("retain", [False, True])
+def test_task_heads_and_a_leaf_outside_the_optimizer_like_rows(retain) -> None:
+    """``shared_params`` (heads outside G), a leaf the optimizer does not hold, and a
+    parameter used outside its module: the same weights, ``.grad`` and step as rows."""
+    torch.manual_seed(0)
+    models, opts, shifts = [], [], []
+    for jacobian in ("rows", "gramian"):
+        body = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh())
+        heads = nn.ModuleList([nn.Linear(8, 1), nn.Linear(8, 2)])
+        gate = nn.ParameterList([nn.Parameter(torch.tensor([0.9]))])
+        model = nn.ModuleList([body, heads, gate])
+        if models:
+            model.load_state_dict(models[0].state_dict())
+        extra = {"jacobian": "gramian", "modules": model} if jacobian == "gramian" else {}
+        opts.append(MOWrapper(torch.optim.SGD(model.parameters(), lr=0.1),
+                              shared_params=list(body.parameters()), **extra))
+        models.append(model)
+        shifts.append(torch.zeros(8, dtype=torch.float32, requires_grad=True))
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = torch.randn(12, 6, generator=gen)
+        infos = []
+        for model, opt, shift in zip(models, opts, shifts):
+            body, heads, gate = model
+            z = body(x) * gate[0] + shift
+            losses = [heads[0](z).pow(2).mean(), heads[1](z).logsumexp(-1).mean(), z.pow(2).mean()]
+            opt.zero_grad()
+            infos.append(opt.backward(losses, retain_graph=retain))
+            if retain:
+                torch.autograd.grad(sum(losses), [shift])  # the graph is still there
+            opt.step()
+        torch.testing.assert_close(infos[1].weights, infos[0].weights, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(shifts[1].grad, shifts[0].grad, rtol=1e-5, atol=1e-6)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("policy", ["raise", "skip"])
 def test_gramian_nonfinite_policy_leaves_everything_untouched(policy) -> None:
     model = cnn(torch.float64)
