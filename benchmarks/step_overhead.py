@@ -243,6 +243,10 @@ def make_stepper(method: str, model: nn.Module, task: Task) -> Stepper:
             adam.step()
 
         return step
+    if method.startswith("w:"):
+        return _named_stepper(method[2:], model, task, adam)
+    if method.startswith("tjd:"):
+        return _torchjd_named_stepper(method[4:], model, task, adam)
     if method.startswith("floor_"):
         return _floor_stepper(method, model, task, adam)
     if method.startswith("mograd"):
@@ -312,6 +316,74 @@ def _mograd_stepper(method: str, model: nn.Module, task: Task, adam: torch.optim
         opt.step(losses, features=feats if use_features else None)
 
     return step
+
+
+def _named_stepper(name: str, model: nn.Module, task: Task, adam: torch.optim.Adam) -> Stepper:
+    """``w:<name>``: ``MOWrapper(Adam, weights=name)`` on the exact (rows) path; a loss-level
+    weighting takes its one-backward step."""
+    opt = mograd.MOWrapper(adam, weights=name)
+
+    def step() -> None:
+        losses, _ = task.forward(model)
+        opt.zero_grad()
+        opt.step(losses)
+
+    return step
+
+
+def _torchjd_named_stepper(
+    name: str, model: nn.Module, task: Task, adam: torch.optim.Adam
+) -> Stepper:
+    """``tjd:<Name>``: TorchJD 0.18's aggregator ``Name`` (``torchjd.aggregation``) with
+    ``autojac.backward`` and ``jac_to_grad``, or its scalarizer ``Name``
+    (``torchjd.scalarization``) with one backward pass of the scalarized loss."""
+    import torchjd.aggregation as aggregation
+    import torchjd.scalarization as scalarization
+    from torchjd.autojac import backward, jac_to_grad
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    k = len(task.forward(model)[0])
+    if hasattr(aggregation, name):
+        # the arguments TorchJD requires, set to mograd's defaults of the same method
+        required = {
+            "FairGrad": {"alpha": 1.0},
+            "Krum": {"n_byzantine": 0},
+            "NashMTL": {"n_tasks": k},
+        }
+        aggregator = getattr(aggregation, name)(**required.get(name, {}))
+
+        def step() -> None:
+            losses, _ = task.forward(model)
+            adam.zero_grad()
+            backward(losses)
+            jac_to_grad(params, aggregator)
+            adam.step()
+
+        return step
+    scalarizer = getattr(scalarization, name)(k)  # TorchJD's scalarizers take the shape
+
+    def scalar_step() -> None:
+        losses, _ = task.forward(model)
+        adam.zero_grad()
+        scalarizer(torch.stack(losses)).backward()
+        adam.step()
+
+    return scalar_step
+
+
+def _method(value: str) -> str:
+    """A ``--methods`` entry: a name of METHODS, ``w:<weighting>`` or ``tjd:<TorchJD class>``."""
+    if value in METHODS:
+        return value
+    name = value[2:].lower().replace("-", "_")
+    if value.startswith("w:") and name in mograd.weightings.WEIGHTINGS:
+        return value
+    if value.startswith("tjd:") and value[4:].isidentifier():
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r}: expected one of {', '.join(METHODS)}, w:<a name of "
+        "mograd.weightings.WEIGHTINGS> or tjd:<a TorchJD aggregator or scalarizer class>"
+    )
 
 
 def _torchjd_stepper(method: str, model: nn.Module, task: Task, adam: torch.optim.Adam) -> Stepper:
@@ -589,8 +661,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--methods",
         nargs="+",
-        choices=METHODS,
-        help="methods (default: the preset's, all but for many; adam is always included)",
+        type=_method,
+        metavar="METHOD",
+        help=(
+            f"methods: {', '.join(METHODS)}; w:<weighting> (MOWrapper(Adam, weights=<name>), "
+            "e.g. w:famo) or tjd:<Class> (TorchJD's aggregator or scalarizer, e.g. tjd:FAMO) "
+            "(default: the preset's, all but for many; adam is always included)"
+        ),
     )
     p.add_argument("--steps", type=int, help="timed steps per method (default: the preset's)")
     p.add_argument("--warmup", type=int, help="untimed steps per method first")

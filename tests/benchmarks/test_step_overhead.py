@@ -137,3 +137,18 @@ def test_paired_ratios_pair_each_round() -> None:
     assert out["mograd_repr/floor_repr"]["median"] == 2.0  # ratios 2, 1, 2 (not 3 / 2)
     table = step_overhead.floor_table([{"model": "mlp", "k": 2, "vs_floor": out}])
     assert "| mlp | 2 | 2.000 (" in table
+
+
+def test_named_weightings_and_torchjd_classes_as_methods(tmp_path) -> None:
+    """``w:<weighting>`` and ``tjd:<Class>`` rows: a loss-level weighting, a Gram one and
+    TorchJD's aggregator and scalarizer of the same names, in one run; a bad name is refused."""
+    out = tmp_path / "named"
+    methods = ["w:famo", "tjd:FAMO", "w:fairgrad", "tjd:FairGrad"]
+    rows = step_overhead.main(
+        ["--models", "mlp", "--k", "2", "--steps", "2", "--warmup", "1", "--threads", "1",
+         "--methods", *methods, "--no-memory", "--no-passes", "--no-solvers", "--out", str(out)]
+    )
+    for m in methods:
+        assert math.isfinite(rows[0]["ratio"][m]) and rows[0]["ratio"][m] > 0
+    with pytest.raises(SystemExit):
+        step_overhead.main(["--methods", "w:no_such_weighting", "--out", str(out)])
