@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import itertools
 import json
 import os
@@ -360,7 +361,9 @@ def _torchjd_named_stepper(
             adam.step()
 
         return step
-    scalarizer = getattr(scalarization, name)(k)  # TorchJD's scalarizers take the shape
+    cls = getattr(scalarization, name)
+    takes_shape = "shape" in inspect.signature(cls).parameters  # FAMO, UW, IMTL-L
+    scalarizer = cls(k) if takes_shape else cls()
 
     def scalar_step() -> None:
         losses, _ = task.forward(model)

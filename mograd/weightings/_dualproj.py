@@ -15,7 +15,7 @@ import torch
 from .._checks import check_number
 from ._base import Weighting
 from ._dual_set import gram_factor
-from ._qp import project_dual_cone, psd_normalized
+from ._qp import WELL_CONDITIONED, project_dual_cone, psd_normalized_min
 from ._util import check_pref, from_host, nan_weights, pref_array, to_host
 
 __all__ = ["DualProj"]
@@ -33,7 +33,7 @@ class _DualCone(Weighting):
         self.pref_vector = check_pref(pref_vector)
         self.reg_eps = check_number("reg_eps", reg_eps, nonnegative=True)
 
-    def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
+    def _project(self, gn: np.ndarray, p: np.ndarray, well_conditioned: bool) -> np.ndarray:
         raise NotImplementedError
 
     def _factor(self, gn: np.ndarray) -> np.ndarray:
@@ -44,10 +44,11 @@ class _DualCone(Weighting):
         if g is None:
             return nan_weights(gram)
         p = pref_array(self.pref_vector, g.shape[0], type(self).__name__)
-        gn, tr = psd_normalized(g)
+        gn, tr, low = psd_normalized_min(g)
         if tr == 0.0:
             return from_host(p, gram)
-        return from_host(self._project(gn, p), gram)
+        well = low + self.reg_eps >= WELL_CONDITIONED
+        return from_host(self._project(gn, p, well), gram)
 
     def __repr__(self) -> str:
         pref = None if self.pref_vector is None else list(self.pref_vector)
@@ -91,5 +92,6 @@ class DualProj(_DualCone):
         (True, True)
     """
 
-    def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
-        return project_dual_cone(gn, p, self.reg_eps, self._factor(gn))
+    def _project(self, gn: np.ndarray, p: np.ndarray, well_conditioned: bool) -> np.ndarray:
+        f = None if well_conditioned else self._factor(gn)
+        return project_dual_cone(gn, p, self.reg_eps, f, well_conditioned=well_conditioned)

@@ -56,13 +56,13 @@ class UPGrad(_DualCone):
         True
     """
 
-    def _project(self, gn: np.ndarray, p: np.ndarray) -> np.ndarray:
+    def _project(self, gn: np.ndarray, p: np.ndarray, well_conditioned: bool) -> np.ndarray:
         k = gn.shape[0]
-        f = self._factor(gn)
+        f = None if well_conditioned else self._factor(gn)
         w = np.zeros(k)
         for i in range(k):
             if p[i] > 0:
                 u = np.zeros(k)
                 u[i] = p[i]
-                w += project_dual_cone(gn, u, self.reg_eps, f)
+                w += project_dual_cone(gn, u, self.reg_eps, f, well_conditioned=well_conditioned)
         return w

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from mograd.weightings._dual_set import dual_active_set, gram_factor
 from mograd.weightings._qp import (
     RIDGE,
+    WELL_CONDITIONED,
+    _primal_active_set,
     _primal_dual_active_set,
+    _simplex_primal_dual,
     normalized,
     project_dual_cone,
     psd_part,
@@ -109,3 +112,25 @@ def test_simplex_qp_kkt(j: torch.Tensor, seed: int) -> None:
     # stationarity on the support, non-negative multipliers off it
     assert np.abs(grad[x > 0] - nu).max() <= 1e-9 * scale
     assert (grad - nu).min() >= -1e-9 * scale
+    # the primal-dual fast path (cold and warm-started) and the primal active-set method
+    # agree wherever the fast path answers
+    slow = _primal_active_set(q, c, np.zeros(k), True, None, None)
+    for x0 in (None, slow, np.full(k, 1.0 / k)):
+        fast = _simplex_primal_dual(q, c, x0)
+        if fast is not None:
+            np.testing.assert_allclose(q @ fast, q @ slow, atol=1e-8 * scale)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 40), st.integers(0, 2**31))
+def test_dual_cone_fast_path_on_a_well_conditioned_gram_matches_the_exact_method(
+    k: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    j = rng.normal(size=(k, 3 * k))  # full row rank: cond(G) in the tens to hundreds
+    g, _ = normalized(j @ j.T)
+    assert np.linalg.eigvalsh(g)[0] >= WELL_CONDITIONED
+    u = rng.random(k) * (rng.random(k) < 0.5)
+    fast = project_dual_cone(g, u, well_conditioned=True)
+    exact = project_dual_cone(g, u)
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-8 * (1.0 + np.abs(exact).max()))
