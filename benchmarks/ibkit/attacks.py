@@ -4,10 +4,16 @@ Inputs are in [0, 1] and the model normalises internally, so torchattacks' own
 normalization support is not used. Attacks run with the model in eval mode, i.e. against the
 deterministic function that is scored (z = mu, or h without noise); torchattacks itself puts
 the model in eval mode while it attacks.
+
+:func:`normalization_outside` builds the other arrangement, for one diagnostic: the attack is
+handed mean/std-normalized images and a model without its normalization layer. torchattacks
+clamps every adversarial image to [0, 1], which then clips the normalized values (FashionMNIST's
+background, 0 in pixel space, is -0.81 after normalization and becomes 0).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +22,24 @@ import torchattacks
 from torch import nn
 
 from .data import TensorData
+
+__all__ = [
+    "ATTACKS",
+    "PRECISIONS",
+    "SETTINGS",
+    "AttackSettings",
+    "Autocast",
+    "accuracy",
+    "adversarial_accuracy",
+    "budget",
+    "build_attack",
+    "canonical_attack",
+    "eps_label",
+    "evaluate_attacks",
+    "normalization_outside",
+    "parse_eps",
+    "with_precision",
+]
 
 ATTACKS = ("FGSM", "PGD", "NIFGSM", "EOTPGD", "MIFGSM", "UPGD", "Jitter")
 
@@ -39,6 +63,48 @@ SETTINGS: dict[str, AttackSettings] = {
     "fashion_mnist": AttackSettings(eps=1 / 255, alpha=2 / 255, steps=10),
     "cifar10": AttackSettings(eps=8 / 255, alpha=10 / 255, steps=10),
 }
+PRECISIONS = ("fp32", "bf16")
+
+
+class Autocast(nn.Module):
+    """A model evaluated under bfloat16 autocast, returning float32 logits.
+
+    The weights stay float32; convolutions and matrix products run in bfloat16 (on a CPU with
+    AMX or AVX-512 BF16, about 2.3 times faster for the ResNet-18). Gradients with respect to
+    the input, which the attacks use, come back as float32.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(4, 3)
+        >>> x = torch.ones(2, 4, requires_grad=True)
+        >>> out = Autocast(net)(x)
+        >>> out.dtype, torch.allclose(out, net(x), atol=0.05)
+        (torch.float32, True)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        """Wrap ``model`` (its parameters, mode and device are the wrapper's)."""
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped model's output under bfloat16 autocast, as float32."""
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out: torch.Tensor = self.model(x)
+        return out.float()
+
+
+def with_precision(model: nn.Module, precision: str) -> nn.Module:
+    """``model`` itself (``"fp32"``) or wrapped in :class:`Autocast` (``"bf16"``).
+
+    Raises:
+        ValueError: Unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    return model if precision == "fp32" else Autocast(model)
+
+
 # Step rule of every budget other than the paper's: alpha = eps / 4, 10 steps, so that the
 # iterative attacks take steps smaller than the ball (with the paper's FashionMNIST
 # alpha = 2 eps every step lands on a corner of the ball and PGD is close to FGSM).
@@ -228,3 +294,48 @@ def evaluate_attacks(
             model, data, name, settings, batch_size=batch_size, seed=seed
         )
     return out
+
+
+def normalization_outside(
+    model: nn.Module, data: TensorData
+) -> tuple[nn.Module, TensorData, float]:
+    """The model and data as they are when the normalization happens outside the model.
+
+    A copy of ``model`` with its normalization layer replaced by the identity, and ``data``
+    passed through that layer, so that ``bare(x_norm) == model(x)``: clean accuracy is
+    unchanged, but an attack that clamps its output to [0, 1] now clips normalized values.
+
+    Args:
+        model: A model with a ``normalize`` submodule (:class:`ibkit.models.IBModel`).
+        data: Images in [0, 1].
+
+    Returns:
+        ``(bare model, normalized data, share of normalized values outside [0, 1])``.
+
+    Raises:
+        TypeError: ``model`` has no ``normalize`` submodule.
+
+    Example:
+        >>> import torch
+        >>> from benchmarks.ibkit.models import build_model
+        >>> m = build_model("cnn", 1, kind="deterministic", mean=(0.5,), std=(0.25,)).eval()
+        >>> x = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 28, 28)
+        >>> d = TensorData(x, torch.zeros(2, dtype=torch.long))
+        >>> bare, normed, outside = normalization_outside(m, d)
+        >>> normed.x[:, 0, 0, 0].tolist(), outside
+        ([-2.0, 2.0], 1.0)
+        >>> torch.allclose(bare(normed.x), m(d.x))
+        True
+    """
+    norm = getattr(model, "normalize", None)
+    if not isinstance(norm, nn.Module):
+        raise TypeError(
+            "normalization_outside needs a model with a normalize submodule, "
+            f"got {type(model).__name__}"
+        )
+    with torch.no_grad():
+        x = norm(data.x)
+    bare = copy.deepcopy(model)
+    bare.normalize = nn.Identity()
+    outside = float(((x < 0.0) | (x > 1.0)).float().mean())
+    return bare, TensorData(x, data.y), outside

@@ -549,6 +549,33 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
+def clamp_markdown(
+    summary: dict[str, dict[str, dict[str, Any]]], runs: Sequence[dict[str, Any]]
+) -> str:
+    """For runs attacked with the normalization outside the model: clean accuracy, accuracy
+    on the normalized images clamped to [0, 1] without any perturbation ("CLAMP", what the
+    attacks' final clamp alone does), and the share of normalized values the clamp changes."""
+    fractions = {r["method"]: r["clamped_fraction"] for r in runs if "clamped_fraction" in r}
+    methods = [m for m in KNOWN_METHODS if "CLAMP" in summary.get(m, {})]
+    lines = [
+        "Normalization outside the model: accuracy (%) on the normalized test images (NONE) "
+        "and on the same images clamped to [0, 1] with no perturbation (CLAMP: torchattacks' "
+        "final clamp alone); share of normalized pixel values outside [0, 1]:",
+        "",
+        "| method | NONE | CLAMP | values outside [0, 1] |",
+        "|---|---|---|---|",
+    ]
+    for m in methods:
+        share = fractions.get(m)
+        lines.append(
+            f"| {_label(m)} | {summary[m]['NONE']['mean']:.2f} | "
+            f"{summary[m]['CLAMP']['mean']:.2f} | "
+            + (f"{100 * share:.1f}%" if share is not None else "--")
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- everything
 def _budget_caption(b: dict[str, Any], first: bool) -> str:
     rule = "the paper's setting" if first else "alpha = eps / 4"
@@ -624,6 +651,8 @@ def write_report(out: Path, meta: dict[str, Any], figures: bool = True) -> dict[
         )
     if runs and budgets:
         text += "\n" + summary_markdown(by_eps, budgets, information, runs)
+    if any("CLAMP" in cells for cells in summary.values()):
+        text += "\n" + clamp_markdown(summary, runs)
     (out / "table.md").write_text(text)
     if figures and runs:
         plot_info_plane(runs, out / "info_plane.png")

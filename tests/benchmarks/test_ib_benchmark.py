@@ -262,3 +262,77 @@ def test_resnet18_paper_backbone_trains() -> None:
     assert set(result["final"]) == {"NONE", "FGSM", "PGD"}
     assert all(0.0 <= v <= 100.0 for v in result["final"].values())
     assert result["epochs"][0]["optimizer"]["weights_0"] >= 0.0
+
+
+@needs_fmnist
+def test_weights_saved_then_attack_only_and_normalization_outside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training (bf16 autocast, one-cycle) saves the weights; --attack-only rebuilds the same
+    models and reproduces the attacked accuracies exactly; --normalization outside and
+    --eval-precision fp32 rerun only the evaluation; weights trained with other settings or
+    missing weights are refused with a message naming the problem."""
+    wdir = tmp_path / "weights"
+    base = [
+        *SMOKE,
+        "--methods",
+        "RES18",
+        "MIB",
+        "--attacks",
+        "FGSM",
+        "PGD",
+        "--eps",
+        "1/255",
+        "8/255",
+        "--eps-attacks",
+        "FGSM",
+        "--schedule",
+        "onecycle",
+        "--precision",
+        "bf16",
+        "--weights-dir",
+        str(wdir),
+        "--no-figures",
+    ]
+    trained = tmp_path / "trained"
+    assert main("fashion_mnist", "ib_fmnist", [*base, "--out", str(trained)]) == 0
+    assert sorted(p.name for p in wdir.iterdir()) == ["MIB__seed0.pt", "RES18__seed0.pt"]
+    first = json.loads((trained / "results.json").read_text())
+    lr = [e["lr_mean"] for e in first["runs"][0]["epochs"]]
+    assert len(lr) == 1 and 0.0 < lr[0] < 1e-3  # one-cycle: the epoch mean is below the peak
+
+    again = tmp_path / "again"
+    assert main("fashion_mnist", "ib_fmnist", [*base, "--attack-only", "--out", str(again)]) == 0
+    assert "2 to attack from saved weights" in capsys.readouterr().out
+    second = json.loads((again / "results.json").read_text())
+    for r1, r2 in zip(first["runs"], second["runs"], strict=True):
+        assert r2["attack_only"] and r2["method"] == r1["method"]
+        assert r2["budgets"] == r1["budgets"] and r2["epochs"] == r1["epochs"]
+
+    outside = tmp_path / "outside"
+    cmd = [*base, "--attack-only", "--normalization", "outside", "--out", str(outside)]
+    assert main("fashion_mnist", "ib_fmnist", cmd) == 0
+    res = json.loads((outside / "results.json").read_text())
+    assert res["meta"]["config"]["normalization"] == "outside"
+    for r in res["runs"]:
+        clean = next(q for q in first["runs"] if q["method"] == r["method"])["final"]["NONE"]
+        assert r["final"]["NONE"] == clean  # same function, no clamp without an attack
+        assert 0.5 < r["clamped_fraction"] < 1.0  # background -0.81 and bright pixels > 1
+        assert set(r["final"]) == {"NONE", "FGSM", "PGD", "CLAMP"}
+    assert "| MIB | " in (outside / "table.md").read_text().split("CLAMP: torchattacks")[1]
+
+    # the same bf16-trained weights attacked in float32: the clean accuracy barely moves
+    cmd = [*base, "--attack-only", "--eval-precision", "fp32", "--out", str(tmp_path / "fp32")]
+    assert main("fashion_mnist", "ib_fmnist", cmd) == 0
+    fp32 = json.loads((tmp_path / "fp32" / "results.json").read_text())
+    assert fp32["meta"]["config"]["eval_precision"] == "fp32"
+    for r1, r2 in zip(first["runs"], fp32["runs"], strict=True):
+        assert abs(r2["final"]["NONE"] - r1["final"]["NONE"]) <= 5.0
+
+    other = [*base, "--attack-only", "--out", str(tmp_path / "other")]
+    with pytest.raises(SystemExit):  # other training settings: named in the message
+        main("fashion_mnist", "ib_fmnist", [*other, "--epochs", "2"])
+    assert "epochs (1 saved, 2 here)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main("fashion_mnist", "ib_fmnist", [*other, "--weights-dir", str(tmp_path / "none")])
+    assert "no saved weights" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import gzip
 import math
 from pathlib import Path
@@ -28,6 +30,7 @@ from benchmarks.ibkit.methods import (
 )
 from benchmarks.ibkit.models import build_model
 from benchmarks.ibkit.report import row_ranks, summarize, table_markdown
+from benchmarks.ibkit.train import RunConfig, final_evaluation, make_scheduler
 
 # ----------------------------------------------------------------------------- losses
 
@@ -257,6 +260,158 @@ def test_pgd_lowers_accuracy_of_a_trained_model() -> None:
     )
     assert clean > 90.0
     assert attacked < clean - 30.0
+
+
+@functools.lru_cache(maxsize=1)
+def _fitted_brightness_problem() -> tuple[torch.nn.Module, TensorData]:
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, "RES18", mean=(0.5,), std=(0.1,), cnn_width=8)
+    y = torch.arange(64) % 2
+    x = 0.1 + 0.2 * y.view(-1, 1, 1, 1).float() + 0.1 * torch.rand(64, 1, 28, 28)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, TensorData(x, y)
+
+
+def _brightness_problem() -> tuple[torch.nn.Module, TensorData]:
+    """A CNN fitted to "dark (0.1-0.2) vs less dark (0.3-0.4) image", normalized inside the
+    model with mean 0.5 and std 0.1: every normalized value is negative (-4 to -1).
+    Trained once per session; each caller gets its own copy of the model."""
+    model, data = _fitted_brightness_problem()
+    return copy.deepcopy(model), data
+
+
+def test_normalization_outside_is_the_same_function() -> None:
+    """The bare model on normalized images computes the model on raw images."""
+    model, data = _brightness_problem()
+    model.eval()
+    bare, normed, outside = atk.normalization_outside(model, data)
+    assert torch.allclose(bare(normed.x), model(data.x), atol=1e-5)
+    assert torch.allclose(normed.x, (data.x - 0.5) / 0.1)
+    assert outside == pytest.approx(1.0)  # every normalized value is below 0
+    assert isinstance(model.normalize, torch.nn.Module)  # the original is untouched
+    with pytest.raises(TypeError, match="normalize submodule"):
+        atk.normalization_outside(torch.nn.Linear(2, 2), data)
+
+
+def test_clamp_of_normalized_images_destroys_accuracy_at_tiny_eps() -> None:
+    """torchattacks clamps to [0, 1]: with the normalization outside the model the clamp alone
+    maps both classes to 0 and FGSM at eps = 1/255 drops to chance, while the same attack on
+    the same model with the normalization inside changes nothing."""
+    model, data = _brightness_problem()
+    cfg = RunConfig(attacks=("FGSM",), eps=(1 / 255,), eps_attacks=())
+    inside = final_evaluation(model, data, cfg, seed=0)
+    outside = final_evaluation(
+        model, data, RunConfig(**{**vars(cfg), "normalization": "outside"}), 0
+    )
+    assert inside["final"]["NONE"] == 100.0 and inside["final"]["FGSM"] == 100.0
+    assert outside["final"]["NONE"] == 100.0  # no attack: no clamp
+    assert outside["final"]["CLAMP"] == 50.0 and outside["final"]["FGSM"] == 50.0
+    assert outside["clamped_fraction"] == pytest.approx(1.0)
+    assert "CLAMP" not in inside["final"]
+    with pytest.raises(ValueError, match="unknown normalization 'nowhere'"):
+        final_evaluation(model, data, RunConfig(normalization="nowhere"), 0)
+
+
+def test_bf16_autocast_training_step_and_evaluation() -> None:
+    """Under bf16 autocast the losses stay float32 and the step trains; the bf16 evaluation
+    scores the fitted toy problem like float32; a bad precision names itself."""
+    from benchmarks.ibkit.methods import get_method
+    from benchmarks.ibkit.train import _train_step, make_optimizer
+
+    model, data = _brightness_problem()
+    cfg = RunConfig(precision="bf16", attacks=("FGSM",), eps=(1 / 255,), eps_attacks=())
+    spec = get_method("VIB")
+    torch.manual_seed(0)
+    vib = build_model("cnn", 1, "VIB", mean=(0.5,), std=(0.1,), cnn_width=8)
+    opt = make_optimizer(spec, vib, 1e-3)
+    first = _train_step(spec, vib, opt, data.x, data.y, cfg)
+    for _ in range(10):
+        last = _train_step(spec, vib, opt, data.x, data.y, cfg)
+    assert first["ce"].dtype == torch.float32 and first["info"].dtype == torch.float32
+    assert last["ce"] < first["ce"]
+    assert cfg.evaluation_precision == "bf16"
+    assert final_evaluation(model, data, cfg, 0)["final"] == {"NONE": 100.0, "FGSM": 100.0}
+    assert RunConfig(precision="bf16", eval_precision="fp32").evaluation_precision == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        atk.with_precision(model, "fp8")
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def _lrs(opt: torch.optim.Optimizer, sched: object, steps: int) -> list[float]:
+    """The learning rates of ``steps`` optimizer steps (without gradients nothing moves)."""
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()  # type: ignore[attr-defined]
+    return out
+
+
+def test_onecycle_drives_the_wrapped_adam() -> None:
+    """The scheduler on an MOWrapper sets the rate its inner Adam steps with: the same
+    sequence as torch's OneCycleLR on a plain Adam, and Adam's first update has that size."""
+    import mograd
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    plain_opt = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    plain = torch.optim.lr_scheduler.OneCycleLR(
+        plain_opt, max_lr=0.1, total_steps=10, cycle_momentum=False
+    )
+    expected = _lrs(plain_opt, plain, 10)
+    assert max(expected) == pytest.approx(0.1) and expected[0] == pytest.approx(0.1 / 25)
+    wrapped = mograd.MOWrapper(torch.optim.Adam(net.parameters(), lr=0.1))
+    sched = make_scheduler(wrapped, "onecycle", 0.1, 10)
+    assert sched is not None
+    before = net.weight.detach().clone()
+    out = net(torch.randn(8, 3))
+    wrapped.zero_grad()
+    wrapped.step([out[:, 0].square().mean(), out[:, 1].abs().mean()])
+    sched.step()
+    # Adam's first step moves every coordinate that has a gradient by the rate (up to eps)
+    moved = (net.weight.detach() - before).abs().max().item()
+    assert moved == pytest.approx(expected[0], rel=1e-3)
+    assert wrapped.optimizer.param_groups[0]["betas"] == (0.9, 0.999)  # betas left alone
+    rates = [expected[0]]
+    for _ in range(9):
+        rates.append(wrapped.optimizer.param_groups[0]["lr"])
+        sched.step()
+    assert rates == pytest.approx(expected)
+
+
+def test_cosine_and_constant_schedules_and_bad_values() -> None:
+    """Cosine anneals from lr to 0; constant is no scheduler; bad values name themselves."""
+    opt = torch.optim.Adam(torch.nn.Linear(2, 1).parameters(), lr=0.5)
+    lrs = _lrs(opt, make_scheduler(opt, "cosine", 0.5, 4), 5)
+    assert lrs[0] == 0.5 and lrs[2] == pytest.approx(0.25) and lrs[4] == pytest.approx(0.0)
+    assert make_scheduler(opt, "constant", 0.5, 4) is None
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        make_scheduler(opt, "linear", 0.5, 4)
+    with pytest.raises(ValueError, match="total_steps must be positive, got 0"):
+        make_scheduler(opt, "onecycle", 0.5, 0)
+
+
+def test_fingerprint_keeps_old_runs_valid_and_splits_training_settings() -> None:
+    """New fields are absent from the fingerprint at their defaults (committed runs stay
+    reusable); the training fingerprint ignores what only changes the evaluation."""
+    base = RunConfig()
+    assert not {"schedule", "normalization", "precision", "eval_precision"} & set(
+        base.fingerprint()
+    )
+    tuned = RunConfig(schedule="onecycle", normalization="outside", attacks=("FGSM",))
+    assert tuned.fingerprint()["schedule"] == "onecycle"
+    assert tuned.fingerprint()["normalization"] == "outside"
+    assert tuned.training_fingerprint() == RunConfig(schedule="onecycle").training_fingerprint()
+    assert base.training_fingerprint() != tuned.training_fingerprint()
+    assert RunConfig(test_limit=5, eps=(0.1,)).training_fingerprint() == base.training_fingerprint()
+    assert RunConfig(eval_precision="bf16").training_fingerprint() == base.training_fingerprint()
+    assert RunConfig(precision="bf16").training_fingerprint()["precision"] == "bf16"
 
 
 # ----------------------------------------------------------------------------- data
