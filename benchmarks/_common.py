@@ -79,6 +79,10 @@ def environment(*packages: str) -> dict[str, str]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
+    # numpy's BLAS (the host-side QP solvers of the weightings) sizes its thread pool from
+    # these when numpy is imported; on a loaded machine its threads oversubscribe the cores
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        out[var] = os.environ.get(var, "unset")
     try:
         import torch
 
