@@ -77,7 +77,8 @@ class Combiner:
         w = self.options.weighting
         if not isinstance(w, Weighting) or type(w).state_dict is Weighting.state_dict:
             return None
-        return _copied(w.state_dict())
+        saved: dict[str, Any] = _copied(w.state_dict())
+        return saved
 
     def restore(self, saved: dict[str, Any] | None) -> None:
         """Undo the weighting's state changes since :meth:`snapshot`."""
