@@ -162,6 +162,8 @@ BAD_OPTIONS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("shared empty", lambda: MOWrapper(adam(), shared_params=[]), ValueError, "shared_params is empty"),
     ("normalize", lambda: MOWrapper(adam(), normalize="L2"), ValueError, "normalize must be one of .* got 'L2'"),
     ("normalized_update", lambda: MOWrapper(adam(), normalized_update="yes"), ValueError, "normalized_update must be a bool, got 'yes'"),
+    ("l2 on a loss-level weighting", lambda: MOWrapper(adam(), weights="famo", normalize="l2"), ValueError, "normalize='l2' needs the gradient norms, but 'famo' is a loss-level"),
+    ("loss+ on a loss-level weighting", lambda: MOWrapper(adam(), weights="uw", normalize="loss+"), ValueError, "normalize='loss\\+' needs the gradient norms, but 'uw' is a loss-level"),
     ("weights object", lambda: MOWrapper(adam(), weights=3), ValueError, "weights must be one of .* got 3"),
     ("SparseAdam", lambda: MOWrapper(torch.optim.SparseAdam(nn.Embedding(3, 2, sparse=True).parameters())), ValueError, "SparseAdam needs sparse gradients"),
 ]
