@@ -63,7 +63,15 @@ def _validate(gram: torch.Tensor, max_iter: int, tol: float) -> None:
 
 
 def _closed_form_2(gram: torch.Tensor) -> torch.Tensor:
-    """Exact min-norm weights for two gradients; tensor ops only (no host sync)."""
+    """Exact min-norm weights for two gradients: tensor ops only (no host sync), or, for a
+    float64 Gram matrix on the CPU (nothing to synchronize), the same float64 arithmetic on
+    the host, bit for bit, without a dozen small kernels."""
+    if gram.device.type == "cpu" and gram.dtype == torch.float64:
+        return _closed_form_2_host(gram)
+    return _closed_form_2_tensor(gram)
+
+
+def _closed_form_2_tensor(gram: torch.Tensor) -> torch.Tensor:
     g = gram if gram.dtype in (torch.float32, torch.float64) else gram.float()
     g11, g22, g12 = g[0, 0], g[1, 1], g[0, 1]
     den = g11 + g22 - 2.0 * g12  # = ||g1 - g2||^2 >= 0
@@ -73,6 +81,17 @@ def _closed_form_2(gram: torch.Tensor) -> torch.Tensor:
     ratio = (g22 - g12) / torch.where(safe, den, torch.ones_like(den))
     w1 = torch.where(safe, ratio.clamp(0.0, 1.0), torch.full_like(den, 0.5))
     return torch.stack((w1, 1.0 - w1)).to(gram.dtype)
+
+
+def _closed_form_2_host(gram: torch.Tensor) -> torch.Tensor:
+    (g11, g12), (_, g22) = gram.tolist()
+    den = g11 + g22 - 2.0 * g12
+    scale = g11 + g22
+    if den > scale * torch.finfo(torch.float64).eps * 4.0:
+        w1 = min(max((g22 - g12) / den, 0.0), 1.0)  # NaN stays NaN, as with clamp
+    else:
+        w1 = 0.5
+    return torch.tensor([w1, 1.0 - w1], dtype=torch.float64)
 
 
 def _best_pair_start(g: np.ndarray) -> np.ndarray:

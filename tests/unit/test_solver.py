@@ -153,6 +153,19 @@ def test_two_closed_form(jac: np.ndarray) -> None:
 
 
 @SETTINGS
+@given(jacobians(kmin=2, kmax=2))
+def test_two_closed_form_host_and_tensor_paths_are_bit_identical(jac: np.ndarray) -> None:
+    from mograd.solver import _closed_form_2_host, _closed_form_2_tensor
+
+    g = gram_of(jac)
+    specials = [torch.zeros(2, 2), torch.ones(2, 2), torch.tensor([[1.0, 1e300], [1e300, 1.0]])]
+    for m in [g, *(x.double() for x in specials)]:
+        host, tensor = _closed_form_2_host(m), _closed_form_2_tensor(m)
+        assert host.dtype == tensor.dtype == torch.float64
+        assert torch.equal(host, tensor) or (host.isnan() == tensor.isnan()).all(), (host, tensor)
+
+
+@SETTINGS
 @given(jacobians())
 def test_float32_documented_bound(jac: np.ndarray) -> None:
     g32 = gram_of(jac, torch.float32)
