@@ -33,6 +33,7 @@ __all__ = [
     "psd_normalized",
     "psd_normalized_min",
     "psd_part",
+    "ridge",
     "solve_qp",
 ]
 
@@ -247,6 +248,12 @@ def _stalled(
     return 0.5 * float(p_free @ qff @ p_free) <= 1e-15 * f_scale
 
 
+def ridge(gn: np.ndarray, reg: float = 0.0) -> np.ndarray:
+    """``gn`` plus ``reg + RIDGE`` on its diagonal: the matrix of the ridged QPs."""
+    q: np.ndarray = gn + (reg + RIDGE) * np.eye(gn.shape[0])
+    return q
+
+
 def project_dual_cone(
     gn: np.ndarray,
     u: np.ndarray,
@@ -254,6 +261,7 @@ def project_dual_cone(
     factor: np.ndarray | None = None,
     *,
     well_conditioned: bool = False,
+    ridged: np.ndarray | None = None,
 ) -> np.ndarray:
     r"""Weights $v$ with $J^\top v$ the projection of $J^\top u$ onto the dual cone of the rows.
 
@@ -265,10 +273,11 @@ def project_dual_cone(
     the KKT check. Otherwise, or when it fails, the answer is exact (up to rounding) by
     :func:`~mograd.weightings._dual_set.dual_active_set` on a factor of that matrix
     (``factor``, computed when not given): no ridge, so that it stays exact for linearly
-    dependent gradients. The primal active-set method is the last fallback.
+    dependent gradients. The primal active-set method is the last fallback. ``ridged`` is
+    :func:`ridge` of ``gn`` and ``reg``, when the caller has it already.
     """
     k = u.shape[0]
-    q = (gn + reg * np.eye(k) if reg > 0 else gn) + RIDGE * np.eye(k)
+    q = ridge(gn, reg) if ridged is None else ridged
     if well_conditioned:
         fast = _primal_dual_active_set(q, u)
         if fast is not None:
@@ -294,21 +303,21 @@ def _primal_dual_active_set(Q: np.ndarray, u: np.ndarray, max_iter: int = 12) ->
     """
     k = u.shape[0]
     x = np.zeros(k)
-    lam = Q @ u
-    active = lam > x
-    tol = 1e-12 * (1.0 + float(np.max(np.abs(lam))))
+    qu = Q @ u
+    active = qu > x
+    tol = 1e-12 * (1.0 + float(np.max(np.abs(qu))))
     for _ in range(max_iter):
-        free = ~active
+        free = np.flatnonzero(~active)
         x = np.zeros(k)
-        if free.any():
-            qf = Q[free][:, free]
-            x[free] = np.linalg.solve(qf, -(Q[free] @ u))
+        if free.size:
+            x[free] = np.linalg.solve(Q[np.ix_(free, free)], -qu[free])
         v = u + x
-        lam = Q @ v
+        qv = Q @ v
+        lam = qv.copy()
         lam[free] = 0.0
         new_active = lam > x
         if np.array_equal(new_active, active):
-            if x.min() >= -tol and (Q @ v)[active].min(initial=0.0) >= -tol:
+            if x.min() >= -tol and qv[active].min(initial=0.0) >= -tol:
                 out: np.ndarray = np.maximum(v, u)
                 return out
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._dualproj import _DualCone
-from ._qp import project_dual_cone
+from ._qp import project_dual_cone, ridge
 
 __all__ = ["UPGrad"]
 
@@ -59,10 +59,13 @@ class UPGrad(_DualCone):
     def _project(self, gn: np.ndarray, p: np.ndarray, well_conditioned: bool) -> np.ndarray:
         k = gn.shape[0]
         f = None if well_conditioned else self._factor(gn)
+        q = ridge(gn, self.reg_eps)  # one matrix for the k QPs
         w = np.zeros(k)
         for i in range(k):
             if p[i] > 0:
                 u = np.zeros(k)
                 u[i] = p[i]
-                w += project_dual_cone(gn, u, self.reg_eps, f, well_conditioned=well_conditioned)
+                w += project_dual_cone(
+                    gn, u, self.reg_eps, f, well_conditioned=well_conditioned, ridged=q
+                )
         return w
