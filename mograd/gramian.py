@@ -169,6 +169,11 @@ def gram(rows: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
         The ``(k, k)`` Gram matrix in :func:`gram_dtype`.
     """
     acc = gram_dtype(rows.device)
+    if exact and acc == torch.float64 and rows.dtype != torch.float64:
+        # float32 (or narrower) entries are below 3.4e38: their float64 products and sums
+        # cannot overflow, and the power-of-two rescaling below would change no bit
+        j = rows.to(acc)
+        return j @ j.T
     if exact:
         j = rows.to(acc)
         amax = j.abs().amax().clamp_min(torch.finfo(acc).tiny)
