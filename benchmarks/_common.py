@@ -10,14 +10,17 @@ which live in ``benchmarks/results/<name>/`` and are regenerated with
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -30,13 +33,19 @@ __all__ = [
     "command_line",
     "count_or_all",
     "default_out",
+    "device_of",
+    "doc_parser",
     "environment",
     "non_negative_float",
     "positive_float",
     "positive_int",
+    "read_runs",
     "reference",
     "run_child",
+    "run_file",
     "seed_value",
+    "slug",
+    "write_json",
 ]
 
 
@@ -49,6 +58,60 @@ def reference(name: str) -> Path | None:
     """The committed reference results of ``name``, if there are any."""
     path = RESULTS / name
     return path if (path / "results.json").exists() else None
+
+
+def doc_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose description is the first paragraph of a module docstring ``doc`` and
+    whose epilog is the rest, as written."""
+    text = doc or ""
+    head, _, rest = text.partition("\n\n")
+    return argparse.ArgumentParser(
+        description=head,
+        epilog=rest,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def device_of(arg: str | None) -> str:
+    """The ``--device`` choice: ``arg``, else ``"cuda"`` when available, else ``"cpu"``.
+
+    Raises:
+        ValueError: ``"cuda"`` without a GPU.
+    """
+    import torch
+
+    device = arg or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but torch.cuda.is_available() is False")
+    return device
+
+
+def slug(label: str) -> str:
+    """A file-name-safe version of a run label."""
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_")
+
+
+def run_file(out: Path, stem: str, seed: int) -> Path:
+    """Where the record of one run is stored: ``out/runs/<stem>__seed<seed>.json``."""
+    return Path(out) / "runs" / f"{stem}__seed{seed}.json"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (a crash never leaves a truncated file behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_runs(out: Path) -> list[dict[str, Any]]:
+    """All stored run records under ``out/runs``, in file-name order."""
+    runs = []
+    for p in sorted((Path(out) / "runs").glob("*.json")):
+        with open(p) as f:
+            runs.append(json.load(f))
+    return runs
 
 
 def command_line(module: str, argv: Sequence[str] | None = None) -> str:

@@ -55,7 +55,14 @@ from torch import nn
 from torch.nn import functional as F
 
 import mograd
-from benchmarks._common import ROOT, command_line, default_out, environment, positive_int
+from benchmarks._common import (
+    ROOT,
+    command_line,
+    default_out,
+    doc_parser,
+    environment,
+    positive_int,
+)
 from mograd import _distributed as distributed
 from mograd.sources import rows
 
@@ -290,11 +297,7 @@ def plot(rows: list[dict], methods: list[str], path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = doc_parser(__doc__)
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),

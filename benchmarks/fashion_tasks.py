@@ -48,6 +48,7 @@ from benchmarks._common import (
     command_line,
     count_or_all,
     default_out,
+    device_of,
     environment,
     positive_float,
     positive_int,
@@ -207,9 +208,7 @@ def resolve(args: argparse.Namespace, cat: dict[str, Method]) -> tuple[Preset, P
     for field in ("train_limit", "test_limit"):
         if getattr(args, field) is not _UNSET:
             changes[field] = getattr(args, field)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but torch.cuda.is_available() is False")
+    device = device_of(args.device)
     cfg = replace(preset.config, device=device, **changes)
     methods = _ordered(resolve_names(args.methods, list(cat))) if args.methods else preset.methods
     seeds = tuple(dict.fromkeys(args.seeds)) if args.seeds else preset.seeds

@@ -44,6 +44,7 @@ from benchmarks._common import (
     command_line,
     count_or_all,
     default_out,
+    device_of,
     environment,
     positive_float,
     positive_int,
@@ -204,9 +205,7 @@ def resolve(args: argparse.Namespace) -> tuple[Preset, Path]:
     for field in ("train_limit", "test_limit"):
         if getattr(args, field) is not _UNSET:
             changes[field] = getattr(args, field)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but torch.cuda.is_available() is False")
+    device = device_of(args.device)
     changes["device"] = device
     cfg = replace(cfg, **changes)
     methods = tuple(resolve_names(args.methods)) if args.methods else preset.methods

@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import mograd
-from benchmarks._common import command_line, default_out, environment
+from benchmarks._common import command_line, default_out, doc_parser, environment
 from benchmarks._common import run_child as run_module
 
 ROOT = Path(__file__).resolve().parent
@@ -235,11 +235,7 @@ def plot(rows: list[dict], methods: list[str], path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = doc_parser(__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="quick: one measurement per configuration; paper: the median of 3 "
                    "(default quick)")

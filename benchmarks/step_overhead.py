@@ -79,7 +79,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import mograd
-from benchmarks._common import command_line, default_out, run_child
+from benchmarks._common import command_line, default_out, doc_parser, run_child
 from benchmarks._common import environment as common_environment
 from benchmarks.step_parts import pass_costs, pass_floors, pass_table, solver_table, solver_times
 
@@ -640,11 +640,7 @@ def solver_grams(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = doc_parser(__doc__)
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),

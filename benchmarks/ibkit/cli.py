@@ -24,6 +24,7 @@ from benchmarks._common import (
     RUNS,
     count_or_all,
     default_out,
+    device_of,
     non_negative_float,
     positive_float,
     positive_int,
@@ -398,9 +399,7 @@ def resolve(args: argparse.Namespace, dataset: str, name: str) -> tuple[Preset, 
         changes["eps"] = tuple(dict.fromkeys(args.eps))
     if args.eps_attacks:
         changes["eps_attacks"] = tuple(atk.canonical_attack(a) for a in args.eps_attacks)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but torch.cuda.is_available() is False")
+    device = device_of(args.device)
     changes["device"] = device
     changes["data_dir"] = str(args.data_dir) if args.data_dir is not None else None
     changes["verify_md5"] = not getattr(args, "no_verify_md5", False)

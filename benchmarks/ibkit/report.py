@@ -8,13 +8,13 @@ several attack budgets, ``eps.png``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks._common import read_runs, run_file, write_json
 
 from .attacks import ATTACKS
 from .methods import (
@@ -32,24 +32,12 @@ ROWS = ("NONE", *ATTACKS)
 # ----------------------------------------------------------------------------- storage
 def run_path(out: Path, method: str, seed: int) -> Path:
     """Where the result of one (method, seed) is stored."""
-    return Path(out) / "runs" / f"{slug(method)}__seed{seed}.json"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a crash never leaves a truncated file behind)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, allow_nan=True)
-    os.replace(tmp, path)
+    return run_file(out, slug(method), seed)
 
 
 def load_runs(out: Path) -> list[dict[str, Any]]:
     """All stored per-run results under ``out/runs`` (sorted by method order, then seed)."""
-    runs = []
-    for p in sorted((Path(out) / "runs").glob("*.json")):
-        with open(p) as f:
-            runs.append(json.load(f))
+    runs = read_runs(out)
     order = {m: i for i, m in enumerate(KNOWN_METHODS)}
     runs.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
     return runs

@@ -18,9 +18,6 @@ Metrics (all on the test pairs unless said otherwise):
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import read_runs as load_runs
+from benchmarks._common import run_file, slug, write_json
 from mograd import pareto
 
 __all__ = [
@@ -46,32 +45,9 @@ REF_LOSS = (2.0, 2.0)  # hypervolume reference in (test CE 1, test CE 2)
 BASELINE = "Mean"
 
 
-def slug(label: str) -> str:
-    """A file-name-safe version of a run label."""
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_")
-
-
 def run_path(out: Path, label: str, seed: int) -> Path:
     """Where the record of one (run label, seed) is stored."""
-    return Path(out) / "runs" / f"{slug(label)}__seed{seed}.json"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a crash never leaves a truncated file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def load_runs(out: Path) -> list[dict[str, Any]]:
-    """All stored run records under ``out/runs``."""
-    runs = []
-    for p in sorted((Path(out) / "runs").glob("*.json")):
-        with open(p) as f:
-            runs.append(json.load(f))
-    return runs
+    return run_file(out, slug(label), seed)
 
 
 def _ms(values: Sequence[float]) -> dict[str, Any]:

@@ -21,14 +21,14 @@ a method is "separated" from Mean on that column when ``|z| > 3``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks._common import read_runs as load_runs
+from benchmarks._common import run_file, slug, write_json
 
 from .tasks import TASKS
 
@@ -78,28 +78,9 @@ def delta_m(
     return 100.0 * statistics.fmean(terms)
 
 
-def slug(label: str) -> str:
-    """A file-name-safe version of a run label."""
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_")
-
-
 def run_path(out: Path, label: str, seed: int) -> Path:
     """Where the record of one (method, seed) is stored."""
-    return Path(out) / "runs" / f"{slug(label)}__seed{seed}.json"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a crash never leaves a truncated file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def load_runs(out: Path) -> list[dict[str, Any]]:
-    """All stored run records under ``out/runs``."""
-    return [json.loads(p.read_text()) for p in sorted((Path(out) / "runs").glob("*.json"))]
+    return run_file(out, slug(label), seed)
 
 
 def _ms(values: Sequence[float]) -> dict[str, Any]:
