@@ -158,11 +158,19 @@ def test_two_closed_form_host_and_tensor_paths_are_bit_identical(jac: np.ndarray
     from mograd.solver import _closed_form_2_host, _closed_form_2_tensor
 
     g = gram_of(jac)
-    specials = [torch.zeros(2, 2), torch.ones(2, 2), torch.tensor([[1.0, 1e300], [1e300, 1.0]])]
+    inf, nan = float("inf"), float("nan")
+    specials = [
+        torch.zeros(2, 2),
+        torch.ones(2, 2),
+        torch.tensor([[1.0, 1e300], [1e300, 1.0]]),
+        torch.tensor([[4.0, 1.0], [1.0, 1.0]]),
+        torch.tensor([[inf, 1.0], [1.0, 2.0]]),
+        torch.tensor([[nan, 0.0], [0.0, 1.0]]),
+    ]
     for m in [g, *(x.double() for x in specials)]:
         host, tensor = _closed_form_2_host(m), _closed_form_2_tensor(m)
         assert host.dtype == tensor.dtype == torch.float64
-        assert torch.equal(host, tensor) or (host.isnan() == tensor.isnan()).all(), (host, tensor)
+        torch.testing.assert_close(host, tensor, rtol=0, atol=0, equal_nan=True)
 
 
 @SETTINGS
