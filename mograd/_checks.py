@@ -77,7 +77,8 @@ def check_losses(losses: object) -> list[torch.Tensor]:
 def loss_values(losses: list[torch.Tensor]) -> torch.Tensor:
     """Detached loss values in at least float32 (fp16/bf16 losses are promoted, so that
     the values of mixed-precision losses are neither rounded nor overflowed)."""
-    values = torch.stack([loss.detach() for loss in losses])  # promotes mixed dtypes
+    with torch.no_grad():
+        values = torch.stack(losses)  # promotes mixed dtypes; one op for any k
     if values.dtype in (torch.float16, torch.bfloat16):
         values = values.float()
     return values

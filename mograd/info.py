@@ -95,16 +95,19 @@ class StepInfo:
         gradients) and the unscaled Gram matrix (``None`` for loss-level weightings, whose
         ``grad_norms`` and ``cosines`` are then NaN)."""
         info = cls.__new__(cls)
-        info.weights = comb.weights.to(dtype)
-        info.reweighted = comb.reweighted.to(dtype)
-        info.coefficients = comb.coefficients.to(dtype)
+        info.weights = _as(comb.weights, dtype)
+        # without reweighting or smoothing these are the same tensor: converted once
+        same = comb.reweighted is comb.weights
+        info.reweighted = info.weights if same else _as(comb.reweighted, dtype)
+        same = comb.coefficients is comb.reweighted
+        info.coefficients = info.reweighted if same else _as(comb.coefficients, dtype)
         info.losses = values
         info._grad_norms = info._cosines = None
         info._gram = None if gram is None else gram.detach()
         info._dtype = dtype
         info.iterations = comb.iterations
         info.skipped = False
-        info.normalizers = comb.normalizers.to(dtype)
+        info.normalizers = _as(comb.normalizers, dtype)
         return info
 
     def _derive(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,6 +162,11 @@ class StepInfo:
         out["iterations"] = self.iterations
         out["skipped"] = self.skipped
         return out
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the dispatch when it is already ``dtype``."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _same(a: object, b: object) -> bool:

@@ -24,7 +24,6 @@ the same stages, each written once.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -35,7 +34,7 @@ from .gramian import gram_dtype
 from .info import NonFiniteError, StepInfo
 from .options import Options
 from .sources import Collected, Update
-from .sources.base import all_finite
+from .sources.base import finite_sum
 from .weightings import Combination, Weighting, combine
 
 __all__ = ["Combiner", "run"]
@@ -71,34 +70,19 @@ class Combiner:
             normalized_update=o.normalized_update,
         )
 
-    def snapshot(self) -> dict[str, Any] | None:
-        """A copy of a stateful weighting's state (``None`` for stateless ones), so that a
-        step the guard rejects, or recomputes, leaves it as it was."""
+    def snapshot(self) -> object | None:
+        """What undoes a stateful weighting's state changes (``None`` for stateless ones),
+        so that a step the guard rejects, or recomputes, leaves it as it was."""
         w = self.options.weighting
         if not isinstance(w, Weighting) or type(w).state_dict is Weighting.state_dict:
             return None
-        saved: dict[str, Any] = _copied(w.state_dict())
-        return saved
+        return w._snapshot()
 
-    def restore(self, saved: dict[str, Any] | None) -> None:
+    def restore(self, saved: object | None) -> None:
         """Undo the weighting's state changes since :meth:`snapshot`."""
         w = self.options.weighting
         if saved is not None and isinstance(w, Weighting):
-            w.load_state_dict(saved)
-
-
-def _copied(x: Any) -> Any:
-    """A copy of a state dict: tensors cloned, containers rebuilt, immutable leaves shared
-    (``copy.deepcopy`` for anything else; several times faster on a handful of tensors)."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().clone()
-    if isinstance(x, dict):
-        return {key: _copied(v) for key, v in x.items()}
-    if type(x) in (list, tuple):
-        return type(x)(_copied(v) for v in x)
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    return copy.deepcopy(x)
+            w._restore(saved)
 
 
 def _unscale(gram: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor | None:
@@ -131,11 +115,12 @@ def run(col: Collected, combiner: Combiner, policy: str, group: Any) -> StepInfo
     if policy == "ignore":
         update.commit()
         return info
-    checks = [col.values, comb.coefficients, *(() if gram is None else (gram,))]
-    ok = all_finite(checks)
-    for extra in (col.finite(), update.finite()):
-        if extra is not None:
-            ok = ok & extra
+    # one fused check: a NaN or infinity anywhere makes the total of the sums non-finite
+    sums = [col.values.sum(), comb.coefficients.sum(), *update.sums()]
+    ok = finite_sum(sums if gram is None else [*sums, gram.sum()])
+    gathered = col.finite()
+    if gathered is not None:
+        ok = ok & gathered
     if step.distributed:
         ok = distributed.agree(ok, group)
     if bool(ok):
@@ -151,7 +136,7 @@ def _slow_path(
     group: Any,
     info: StepInfo,
     update: Update,
-    saved: dict[str, Any] | None,
+    saved: object | None,
 ) -> StepInfo:
     """After the cheap check failed: name the problem, or recover from an overflowed $G$."""
     problem = _diagnose(col, update)

@@ -43,7 +43,6 @@ def missing_framework(module: str, framework: str, error: ImportError) -> Import
         True
     """
     return ImportError(
-        f"{module} needs {framework}, which is not installed ({error}); "
-        f"install it with: {EXTRA}",
+        f"{module} needs {framework}, which is not installed ({error}); install it with: {EXTRA}",
         name=error.name,
     )

@@ -85,8 +85,7 @@ def _wrapper_of(module: pl.LightningModule) -> tuple[Any, MultiObjectiveOptimize
     inner = getattr(opt, "optimizer", opt)
     if not isinstance(inner, MultiObjectiveOptimizer):
         raise TypeError(
-            "configure_optimizers must return a mograd.MOWrapper, got "
-            f"{type(inner).__name__}"
+            f"configure_optimizers must return a mograd.MOWrapper, got {type(inner).__name__}"
         )
     return opt, inner
 

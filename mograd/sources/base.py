@@ -74,13 +74,13 @@ class Update(ABC):
     r"""The combined gradient $\sum_i c_i \nabla L_i$ of one step, not yet (or undoably)
     part of ``.grad``."""
 
-    def finite(self) -> torch.Tensor | None:
-        """A 0-d bool tensor (no host read): the gradients seen only here are finite;
-        ``None`` when there is nothing to check."""
-        return None
+    def sums(self) -> list[torch.Tensor]:
+        """0-d sums of the gradients seen only here (no host read): their total is finite
+        when the gradients are (:func:`finite_sum`); empty when there is nothing to check."""
+        return []
 
     def problem(self) -> str | None:
-        """After :meth:`finite` was false: what is not finite (exact, slow), or ``None``."""
+        """After the sums were not finite: what is not finite (exact, slow), or ``None``."""
         return None
 
     @abstractmethod
@@ -173,12 +173,12 @@ def add_rows(target: Any, other: Any) -> None:
     merge_by_leaf(target.extras, target.blocks, other.extras, other.blocks)
 
 
-def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """One bool tensor, without a host synchronization."""
-    out = torch.isfinite(tensors[0]).all()
-    for t in tensors[1:]:
-        out = out & torch.isfinite(t).all()
-    return out
+def finite_sum(sums: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool tensor, without a host synchronization: the total of ``sums`` (0-d tensors)
+    is finite. A NaN or an infinity anywhere makes it false; so can a total of finite values
+    that overflows, after which the exact checks of the step's slow path decide."""
+    total = sums[0] if len(sums) == 1 else torch.stack(list(sums)).sum()  # promotes dtypes
+    return (total - total) == 0  # 0 for a finite total, NaN otherwise: isfinite in two ops
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:
@@ -188,13 +188,16 @@ def wide(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def gradient_sums(grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """One read of many gradients: their sums, for :func:`finite_sum` (a sum of finite
+    values can overflow: :func:`truly_finite` then decides)."""
+    return [wide(g).sum() for g in grads if g is not None]
+
+
 def sums_finite(grads: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
-    """One fused read of many gradients: their sums are finite (a sum of finite values
-    can overflow: :func:`truly_finite` then decides). ``None`` for no gradient."""
-    sums = [wide(g).sum().reshape(1) for g in grads if g is not None]
-    if not sums:
-        return None
-    return torch.isfinite(torch.cat(sums).sum())
+    """:func:`finite_sum` of :func:`gradient_sums`; ``None`` for no gradient."""
+    sums = gradient_sums(grads)
+    return finite_sum(sums) if sums else None
 
 
 def truly_finite(tensors: Sequence[torch.Tensor | None]) -> bool:

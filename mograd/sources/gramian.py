@@ -17,7 +17,7 @@ import torch
 from .. import _distributed as distributed
 from ..frugal import GramianEngine
 from ..gramian import accumulate_grad, gram_dtype, row_dtype
-from .base import Collected, Step, Update, sums_finite, truly_finite
+from .base import Collected, Step, Update, gradient_sums, truly_finite
 
 __all__ = ["GramianCollected"]
 
@@ -83,8 +83,8 @@ class _RecordsUpdate(Update):
         """The gradients $G$ does not cover: non-shared parameters and extras."""
         return [*self.grads[self.step.n_shared :], *self.extra_grads]
 
-    def finite(self) -> torch.Tensor | None:
-        return sums_finite(self._unchecked())
+    def sums(self) -> list[torch.Tensor]:
+        return gradient_sums(self._unchecked())
 
     def problem(self) -> str | None:
         return None if truly_finite(self._unchecked()) else "non-finite gradient"

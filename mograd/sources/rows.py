@@ -23,7 +23,7 @@ import torch
 
 from .. import _distributed as distributed
 from ..gramian import accumulate_grad, gram, jacobian_rows
-from .base import Collected, Step, Update, add_rows, all_finite, truly_finite
+from .base import Collected, Step, Update, add_rows, finite_sum, truly_finite
 from .sharded import ColumnShard
 
 __all__ = ["ALL_REDUCE_BACKENDS", "SCATTER_MIN_COLUMNS", "RowsCollected", "collect_rows"]
@@ -134,7 +134,7 @@ class RowsCollected(Collected):
         parts = [b.sum() for b in self.blocks if b is not None]
         if self.n_cols < self.jac.shape[1]:
             parts.append(self.jac[:, self.n_cols :].sum())
-        return all_finite(parts) if parts else None  # NaN/inf in J_S reach G
+        return finite_sum(parts) if parts else None  # NaN/inf in J_S reach G
 
     def problem(self) -> str | None:
         if self._shard is not None:

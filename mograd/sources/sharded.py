@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from .. import _distributed as distributed
 from ..gramian import accumulate_grad, gram, gram_dtype, jacobian_rows, row_dtype
-from .base import Collected, Step, Update, add_rows, sums_finite, truly_finite
+from .base import Collected, Step, Update, add_rows, gradient_sums, truly_finite
 from .features import FeaturesCollected
 from .losses import LossesCollected
 
@@ -406,9 +406,9 @@ class _Add(Update):
     def _locals(self) -> list[torch.Tensor | None]:
         return [None if g is None else _local(g) for g in self.grads]
 
-    def finite(self) -> torch.Tensor | None:
-        # None: checked by the source (the exact step's combination of checked rows)
-        return None if self.what is None else sums_finite(self._locals())
+    def sums(self) -> list[torch.Tensor]:
+        # none: checked by the source (the exact step's combination of checked rows)
+        return [] if self.what is None else gradient_sums(self._locals())
 
     def problem(self) -> str | None:
         if self.what is None or truly_finite(self._locals()):

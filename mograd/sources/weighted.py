@@ -13,7 +13,7 @@ import torch
 
 from .. import _distributed as distributed
 from ..gramian import accumulate_grad, row_dtype
-from .base import Step, Update, sums_finite, truly_finite, untouched
+from .base import Step, Update, gradient_sums, truly_finite, untouched
 
 __all__ = ["weighted_update"]
 
@@ -24,7 +24,8 @@ def weighted_update(
     r"""$\sum_i c_i \nabla L_i$ on every leaf the losses reach, by one backward pass
     (``what`` names a non-finite result)."""
     ref = step.losses[0]
-    total = (coefficients.detach().to(ref.dtype) * torch.stack(step.losses)).sum()
+    c = coefficients.detach() if coefficients.requires_grad else coefficients
+    total = ((c if c.dtype == ref.dtype else c.to(ref.dtype)) * torch.stack(step.losses)).sum()
     if not step.distributed and not step.checked:
         # Nothing to check or undo: one plain backward pass, exactly the floor's work.
         torch.autograd.backward(total, retain_graph=step.retain_graph)
@@ -56,8 +57,8 @@ class _Written(Update):
     ) -> None:
         self.leaves, self.grads, self.what, self.densify = leaves, grads, what, densify
 
-    def finite(self) -> torch.Tensor | None:
-        return sums_finite(self.grads)
+    def sums(self) -> list[torch.Tensor]:
+        return gradient_sums(self.grads)
 
     def problem(self) -> str | None:
         return None if truly_finite(self.grads) else self.what
@@ -81,8 +82,8 @@ class _Formed(Update):
     ) -> None:
         self.leaves, self.grads, self.what = leaves, grads, what
 
-    def finite(self) -> torch.Tensor | None:
-        return sums_finite(self.grads)
+    def sums(self) -> list[torch.Tensor]:
+        return gradient_sums(self.grads)
 
     def problem(self) -> str | None:
         return None if truly_finite(self.grads) else self.what

@@ -54,16 +54,16 @@ def adam_step(
     """
     b1, b2 = betas
     p, m, v, t = (state[k] for k in ADAM_KEYS)
-    g = torch.where(ok, grad, torch.zeros_like(grad))
-    if weight_decay != 0.0:
-        g = g + weight_decay * p
-    m_new = b1 * m + (1.0 - b1) * g
-    v_new = b2 * v + (1.0 - b2) * g * g
+    g = grad if weight_decay == 0.0 else torch.add(grad, p, alpha=weight_decay)
+    # torch.optim.Adam's own formulas (lerp, addcmul, addcdiv). A non-finite step is
+    # discarded by the torch.where below, whatever NaN it computed on the way.
+    m_new = torch.lerp(m, g, 1.0 - b1)
+    v_new = torch.addcmul(v * b2, g, g, value=1.0 - b2)
     t_new = t + 1.0
-    bc1 = 1.0 - torch.pow(torch.full_like(t, b1), t_new)
-    bc2 = 1.0 - torch.pow(torch.full_like(t, b2), t_new)
+    bc1 = 1.0 - torch.pow(b1, t_new)
+    bc2 = 1.0 - torch.pow(b2, t_new)
     denom = v_new.sqrt() / bc2.sqrt() + eps
-    p_new = p - (lr / bc1) * m_new / denom
+    p_new = p - (m_new / denom) * (lr / bc1)
     return {
         "param": torch.where(ok, p_new, p),
         "exp_avg": torch.where(ok, m_new, m),

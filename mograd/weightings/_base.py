@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._checks import check_gram
+from ._util import copied_state
 
 __all__ = ["LossWeighting", "Weighting", "check_gram", "check_loss_vector"]
 
@@ -90,6 +91,15 @@ class Weighting:
         if state:
             raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
+    def _snapshot(self) -> object:
+        """Internal: what :meth:`_restore` needs to undo the state changes of a step that the
+        optimizer's guard rejects (a copy of :meth:`state_dict`; subclasses may keep less)."""
+        return copied_state(self.state_dict())
+
+    def _restore(self, saved: object) -> None:
+        """Internal: undo the state changes since :meth:`_snapshot` returned ``saved``."""
+        self.load_state_dict(saved)  # type: ignore[arg-type]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -138,10 +148,11 @@ class LossWeighting(Weighting):
         """The coefficients, on ``gram``'s device and dtype when given, else the losses'."""
         assert losses is not None
         values = losses.detach()
-        c = self.weigh_losses(values.double())
+        c = self.weigh_losses(values if values.dtype == torch.float64 else values.double())
         like = gram if gram is not None else values
         dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
-        c = c.to(device=like.device, dtype=dtype)
+        if c.dtype != dtype or c.device != like.device:
+            c = c.to(device=like.device, dtype=dtype)
         if gram is not None:
             c = c + (gram.detach() * 0).sum().to(dtype)  # NaN for a non-finite gram, no sync
         return c

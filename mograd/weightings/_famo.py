@@ -14,7 +14,7 @@ import torch
 from .._checks import check_number
 from ._base import LossWeighting, check_loss_vector
 from ._learned import Learned
-from ._util import all_finite, check_reals, clone_state, loss_vector, nan_guard
+from ._util import all_finite, check_reals, clone_state, loss_vector, where_finite
 
 __all__ = ["FAMO"]
 
@@ -100,10 +100,9 @@ class FAMO(Learned, LossWeighting):
         shifted = self._shifted(losses)
         ratio = z / shifted
         c = ratio / ratio.sum()
-        c = torch.where((shifted > 0).all(), c, torch.full_like(c, float("nan")))
         # non-finite losses leave the losses awaiting an update as they were
         self._prev = losses.clone() if prev is None else torch.where(ok, losses, prev)
-        return nan_guard(c, losses)
+        return where_finite(ok & (shifted > 0).all(), c)
 
     def update(self, new_losses: torch.Tensor) -> None:
         """Learn the logits from the losses of the same batch recomputed after the step.

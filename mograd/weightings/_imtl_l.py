@@ -10,7 +10,7 @@ import torch
 
 from ._base import LossWeighting
 from ._learned import Learned
-from ._util import all_finite, nan_guard
+from ._util import all_finite, where_finite
 
 __all__ = ["IMTLL"]
 
@@ -54,8 +54,9 @@ class IMTLL(Learned, LossWeighting):
     def weigh_losses(self, losses: torch.Tensor) -> torch.Tensor:
         s = self.params(losses.shape[0], losses.device)
         c = torch.exp(s)
-        self.learn(c * losses - 1.0, all_finite(losses))
-        return nan_guard(c, losses)
+        ok = all_finite(losses)
+        self.learn(c * losses - 1.0, ok)
+        return where_finite(ok, c)
 
     def __repr__(self) -> str:
         return f"IMTLL(lr={self.lr:g}, init={self.init:g})"

@@ -42,6 +42,16 @@ class Learned:
         assert self._adam is not None
         self._adam = adam_step(self._adam, grad, ok, lr=self.lr, weight_decay=self.weight_decay)
 
+    def _snapshot(self) -> object:
+        # adam_step returns new tensors and every state attribute of the subclasses (UW,
+        # IMTL-L, FAMO, GradNorm, IMTL) is reassigned, never modified in place: the
+        # attributes themselves undo a rejected step, with no copy of a tensor.
+        return dict(vars(self))
+
+    def _restore(self, saved: object) -> None:
+        assert isinstance(saved, dict)
+        vars(self).update(saved)
+
     def state_dict(self) -> dict[str, Any]:
         """The parameters and Adam's state (``None`` before the first step)."""
         return {"adam": None if self._adam is None else clone_state(self._adam)}

@@ -65,7 +65,9 @@ class Random(LossWeighting):
         w = torch.softmax(z, dim=0)
         if like.device.type == "cuda":
             w = w.pin_memory().to(device=like.device, non_blocking=True)
-        return nan_guard(w.to(device=like.device, dtype=dtype), gram, losses)
+        if w.dtype != dtype or w.device != like.device:
+            w = w.to(device=like.device, dtype=dtype)
+        return nan_guard(w, gram, losses)
 
     def state_dict(self) -> dict[str, Any]:
         """The generator state (the next draws)."""
@@ -74,6 +76,13 @@ class Random(LossWeighting):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the generator state of :meth:`state_dict`."""
         load_generator_state("Random", self.generator, state)
+
+    def _snapshot(self) -> object:
+        return self.generator.get_state()  # already a copy
+
+    def _restore(self, saved: object) -> None:
+        assert isinstance(saved, torch.Tensor)
+        self.generator.set_state(saved)
 
     def __repr__(self) -> str:
         return f"Random(seed={self.seed})"

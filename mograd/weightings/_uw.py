@@ -11,7 +11,7 @@ import torch
 
 from ._base import LossWeighting
 from ._learned import Learned
-from ._util import all_finite, nan_guard
+from ._util import all_finite, where_finite
 
 __all__ = ["UW"]
 
@@ -62,8 +62,9 @@ class UW(Learned, LossWeighting):
     def weigh_losses(self, losses: torch.Tensor) -> torch.Tensor:
         s = self.params(losses.shape[0], losses.device)
         c = 0.5 * torch.exp(-s)
-        self.learn(0.5 - c * losses, all_finite(losses))
-        return nan_guard(c, losses)
+        ok = all_finite(losses)
+        self.learn(0.5 - c * losses, ok)
+        return where_finite(ok, c)
 
     def __repr__(self) -> str:
         return f"UW(lr={self.lr:g}, init={self.init:g})"
