@@ -20,6 +20,10 @@ Methods:
                     G, closed form, MIB coefficients, one backward of sum_i c_i L_i, Adam
     floor_repr_checked  floor_repr plus the finiteness read that mograd's default
                     (nonfinite="raise") adds: one sum per parameter gradient and one host read
+    floor_checked   plain Adam plus what the default guard must do on a loss-level step
+                    whatever the weighting: the graph walk for leaves outside the optimizer
+                    (mograd.gramian.reached_leaves) and one fused finiteness read of every
+                    gradient with one host read (the floor of w:<loss-level name>)
     mograd_upgrad   MOWrapper(Adam, weights=UPGrad()) (exact per-loss gradients)
     mograd_cagrad   MOWrapper(Adam, weights=CAGrad()) (c = 0.5)
     torchjd_autogram  TorchJD autogram.Engine(model, batch_dim=None): the Gramian of the k
@@ -94,6 +98,7 @@ METHODS = (
     "floor_exact",
     "floor_repr",
     "floor_repr_checked",
+    "floor_checked",
     "mograd_upgrad",
     "mograd_cagrad",
     "torchjd_autogram",
@@ -248,6 +253,8 @@ def make_stepper(method: str, model: nn.Module, task: Task) -> Stepper:
         return _named_stepper(method[2:], model, task, adam)
     if method.startswith("tjd:"):
         return _torchjd_named_stepper(method[4:], model, task, adam)
+    if method == "floor_checked":
+        return _guard_floor_stepper(model, task, adam)
     if method.startswith("floor_"):
         return _floor_stepper(method, model, task, adam)
     if method.startswith("mograd"):
@@ -297,6 +304,28 @@ def _floor_stepper(method: str, model: nn.Module, task: Task, adam: torch.optim.
     return step
 
 
+def _guard_floor_stepper(model: nn.Module, task: Task, adam: torch.optim.Adam) -> Stepper:
+    """``floor_checked``: plain Adam on the summed losses plus the non-finite guard's own
+    work on a loss-level step (the walk for leaves outside the optimizer, then one read of
+    every gradient and one host read), with mograd's helpers for both."""
+    from mograd.gramian import reached_leaves
+    from mograd.sources.base import finite_sum, gradient_sums
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    held = {id(p) for p in params}
+
+    def step() -> None:
+        losses, _ = task.forward(model)
+        adam.zero_grad()
+        extras = [v for v in reached_leaves(losses) if id(v) not in held]
+        torch.stack(losses).sum().backward()
+        if not bool(finite_sum(gradient_sums([p.grad for p in [*params, *extras]]))):
+            raise FloatingPointError("non-finite gradient")
+        adam.step()
+
+    return step
+
+
 def _mograd_stepper(method: str, model: nn.Module, task: Task, adam: torch.optim.Adam) -> Stepper:
     options: dict[str, dict[str, Any]] = {
         "mograd": {},
@@ -321,8 +350,9 @@ def _mograd_stepper(method: str, model: nn.Module, task: Task, adam: torch.optim
 
 def _named_stepper(name: str, model: nn.Module, task: Task, adam: torch.optim.Adam) -> Stepper:
     """``w:<name>``: ``MOWrapper(Adam, weights=name)`` on the exact (rows) path; a loss-level
-    weighting takes its one-backward step."""
-    opt = mograd.MOWrapper(adam, weights=name)
+    weighting takes its one-backward step. ``w:<name>:<policy>`` sets ``nonfinite``."""
+    name, _, policy = name.partition(":")
+    opt = mograd.MOWrapper(adam, weights=name, nonfinite=policy or "raise")
 
     def step() -> None:
         losses, _ = task.forward(model)
@@ -375,17 +405,20 @@ def _torchjd_named_stepper(
 
 
 def _method(value: str) -> str:
-    """A ``--methods`` entry: a name of METHODS, ``w:<weighting>`` or ``tjd:<TorchJD class>``."""
+    """A ``--methods`` entry: a name of METHODS, ``w:<weighting>[:<nonfinite policy>]`` or
+    ``tjd:<TorchJD class>``."""
     if value in METHODS:
         return value
-    name = value[2:].lower().replace("-", "_")
-    if value.startswith("w:") and name in mograd.weightings.WEIGHTINGS:
+    name, _, policy = value[2:].lower().replace("-", "_").partition(":")
+    policies = ("", "raise", "skip", "ignore")
+    if value.startswith("w:") and name in mograd.weightings.WEIGHTINGS and policy in policies:
         return value
     if value.startswith("tjd:") and value[4:].isidentifier():
         return value
     raise argparse.ArgumentTypeError(
         f"{value!r}: expected one of {', '.join(METHODS)}, w:<a name of "
-        "mograd.weightings.WEIGHTINGS> or tjd:<a TorchJD aggregator or scalarizer class>"
+        "mograd.weightings.WEIGHTINGS>[:raise|skip|ignore] or tjd:<a TorchJD aggregator or "
+        "scalarizer class>"
     )
 
 
@@ -663,8 +696,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_method,
         metavar="METHOD",
         help=(
-            f"methods: {', '.join(METHODS)}; w:<weighting> (MOWrapper(Adam, weights=<name>), "
-            "e.g. w:famo) or tjd:<Class> (TorchJD's aggregator or scalarizer, e.g. tjd:FAMO) "
+            f"methods: {', '.join(METHODS)}; w:<weighting>[:<nonfinite>] (MOWrapper(Adam, "
+            "weights=<name>, nonfinite=<policy>), e.g. w:famo or w:famo:ignore) or tjd:<Class> (TorchJD's aggregator or scalarizer, e.g. tjd:FAMO) "
             "(default: the preset's, all but for many; adam is always included)"
         ),
     )

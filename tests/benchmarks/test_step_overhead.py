@@ -140,15 +140,17 @@ def test_paired_ratios_pair_each_round() -> None:
 
 
 def test_named_weightings_and_torchjd_classes_as_methods(tmp_path) -> None:
-    """``w:<weighting>`` and ``tjd:<Class>`` rows: a loss-level weighting, a Gram one and
-    TorchJD's aggregator and scalarizer of the same names, in one run; a bad name is refused."""
+    """``w:<weighting>[:<policy>]`` and ``tjd:<Class>`` rows: a loss-level weighting (with
+    the default guard and without), a Gram one, TorchJD's aggregator and scalarizer of the
+    same names and the guard's floor, in one run; a bad name or policy is refused."""
     out = tmp_path / "named"
-    methods = ["w:famo", "tjd:FAMO", "w:fairgrad", "tjd:FairGrad"]
+    methods = ["w:famo", "w:famo:ignore", "floor_checked", "tjd:FAMO", "w:fairgrad", "tjd:FairGrad"]
     rows = step_overhead.main(
         ["--models", "mlp", "--k", "2", "--steps", "2", "--warmup", "1", "--threads", "1",
          "--methods", *methods, "--no-memory", "--no-passes", "--no-solvers", "--out", str(out)]
     )
     for m in methods:
         assert math.isfinite(rows[0]["ratio"][m]) and rows[0]["ratio"][m] > 0
-    with pytest.raises(SystemExit):
-        step_overhead.main(["--methods", "w:no_such_weighting", "--out", str(out)])
+    for bad in ("w:no_such_weighting", "w:famo:sometimes"):
+        with pytest.raises(SystemExit):
+            step_overhead.main(["--methods", bad, "--out", str(out)])

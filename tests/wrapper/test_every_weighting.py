@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+import mograd
 from mograd import MOWrapper
-from mograd.weightings import WEIGHTINGS, from_name
+from mograd.weightings import WEIGHTINGS, Weighting, from_name
 
 K = 4
 PATHS = ("rows", "gramian", "accumulate", "features")
@@ -73,3 +74,71 @@ def test_every_weighting_runs_in_representation_mode(name: str) -> None:
     if not from_name(name).needs_gram:  # no Gram matrix: the same step as the exact paths
         for a, b in zip(params, train(name, "rows")):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+STATEFUL = sorted(
+    n for n in WEIGHTINGS if type(from_name(n)).state_dict is not Weighting.state_dict
+)
+
+
+def _trajectory(name: str, path: str, policy: str | None) -> tuple[list[torch.Tensor], dict]:
+    """Three steps; with ``policy``, a step whose heads' gradient is NaN (losses, G and the
+    weights finite: the heads are not shared) is inserted after the first and rejected."""
+    torch.manual_seed(0)
+    model = Net().double()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(16, 5, generator=gen, dtype=torch.float64) for _ in range(3)]
+    shared = list(model.trunk.parameters())
+    opt = MOWrapper(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        shared_params=shared,
+        weights=name,
+        nonfinite=policy or "raise",
+    )
+    plan = [(batches[0], False), *([(batches[1], True)] if policy else [])]
+    plan += [(x, False) for x in batches[1:]]
+    for x, bad in plan:
+        opt.zero_grad()
+        z, losses = model(x)
+        kwargs = {"features": z} if path == "features" else {}
+        hook = None
+        if bad:
+            hook = model.heads.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+        try:
+            if bad and policy == "raise":
+                with pytest.raises(mograd.NonFiniteError):
+                    opt.step(losses, **kwargs)
+            else:
+                info = opt.step(losses, **kwargs)
+                assert info.skipped == bad, (name, path, info)
+                if bad:  # the weighting ran on finite values before the guard said no
+                    assert torch.isfinite(info.coefficients).all(), (name, path, info)
+        finally:
+            if hook is not None:
+                hook.remove()
+    return [p.detach().clone() for p in model.parameters()], opt.weighting.state_dict()
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+@pytest.mark.parametrize("path", ["rows", "features"])
+@pytest.mark.parametrize("name", STATEFUL)
+def test_a_rejected_step_leaves_a_stateful_weighting_as_it_was(
+    name: str, path: str, policy: str
+) -> None:
+    """A step the guard rejects after the weighting ran on finite inputs (a gradient outside
+    G is NaN) restores the weighting's state: the run goes on exactly as one without it."""
+    params, state = _trajectory(name, path, policy)
+    ref_params, ref_state = _trajectory(name, path, None)
+    for a, b in zip(params, ref_params):
+        assert torch.equal(a, b), (name, path, policy)
+    assert _same(state, ref_state), (name, path, policy)
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b)
