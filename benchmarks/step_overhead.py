@@ -697,7 +697,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="METHOD",
         help=(
             f"methods: {', '.join(METHODS)}; w:<weighting>[:<nonfinite>] (MOWrapper(Adam, "
-            "weights=<name>, nonfinite=<policy>), e.g. w:famo or w:famo:ignore) or tjd:<Class> (TorchJD's aggregator or scalarizer, e.g. tjd:FAMO) "
+            "weights=<name>, nonfinite=<policy>), e.g. w:famo or w:famo:ignore) or tjd:<Class> "
+            "(TorchJD's aggregator or scalarizer, e.g. tjd:FAMO) "
             "(default: the preset's, all but for many; adam is always included)"
         ),
     )
