@@ -370,9 +370,7 @@ def _torchjd_named_stepper(
     (``torchjd.scalarization``) with one backward pass of the scalarized loss."""
     import torchjd.aggregation as aggregation
     import torchjd.scalarization as scalarization
-    from torchjd.autojac import backward, jac_to_grad
 
-    params = [p for p in model.parameters() if p.requires_grad]
     k = len(task.forward(model)[0])
     if hasattr(aggregation, name):
         # the arguments TorchJD requires, set to mograd's defaults of the same method
@@ -381,16 +379,9 @@ def _torchjd_named_stepper(
             "Krum": {"n_byzantine": 0},
             "NashMTL": {"n_tasks": k},
         }
-        aggregator = getattr(aggregation, name)(**required.get(name, {}))
-
-        def step() -> None:
-            losses, _ = task.forward(model)
-            adam.zero_grad()
-            backward(losses)
-            jac_to_grad(params, aggregator)
-            adam.step()
-
-        return step
+        return _jacobian_stepper(
+            model, task, adam, getattr(aggregation, name)(**required.get(name, {}))
+        )
     cls = getattr(scalarization, name)
     takes_shape = "shape" in inspect.signature(cls).parameters  # FAMO, UW, IMTL-L
     scalarizer = cls(k) if takes_shape else cls()
@@ -423,7 +414,6 @@ def _method(value: str) -> str:
 
 
 def _torchjd_stepper(method: str, model: nn.Module, task: Task, adam: torch.optim.Adam) -> Stepper:
-    params = [p for p in model.parameters() if p.requires_grad]
     if method == "torchjd_autogram":
         from torchjd.autogram import Engine
 
@@ -439,7 +429,6 @@ def _torchjd_stepper(method: str, model: nn.Module, task: Task, adam: torch.opti
 
         return gramian_step
     from torchjd.aggregation import MGDA, CAGrad, UPGrad
-    from torchjd.autojac import backward, jac_to_grad
 
     aggregators: dict[str, Callable[[], Any]] = {
         "torchjd_mgda": MGDA,
@@ -448,7 +437,16 @@ def _torchjd_stepper(method: str, model: nn.Module, task: Task, adam: torch.opti
     }
     if method not in aggregators:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    aggregator = aggregators[method]()
+    return _jacobian_stepper(model, task, adam, aggregators[method]())
+
+
+def _jacobian_stepper(
+    model: nn.Module, task: Task, adam: torch.optim.Adam, aggregator: Any
+) -> Stepper:
+    """TorchJD's Jacobian path: ``autojac.backward``, ``jac_to_grad(aggregator)``, Adam."""
+    from torchjd.autojac import backward, jac_to_grad
+
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> None:
         losses, _ = task.forward(model)
