@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._checks import check_gram
-from ._util import copied_state
+from ._util import clone_state
 
 __all__ = ["LossWeighting", "Weighting", "check_gram", "check_loss_vector"]
 
@@ -94,7 +94,7 @@ class Weighting:
     def _snapshot(self) -> object:
         """Internal: what :meth:`_restore` needs to undo the state changes of a step that the
         optimizer's guard rejects (a copy of :meth:`state_dict`; subclasses may keep less)."""
-        return copied_state(self.state_dict())
+        return clone_state(self.state_dict())
 
     def _restore(self, saved: object) -> None:
         """Internal: undo the state changes since :meth:`_snapshot` returned ``saved``."""

@@ -28,7 +28,6 @@ __all__ = [
     "check_seed",
     "check_vector",
     "clone_state",
-    "copied_state",
     "from_host",
     "generator_state",
     "host_values",
@@ -158,7 +157,7 @@ def nan_guard(w: torch.Tensor, *inputs: torch.Tensor | None) -> torch.Tensor:
     """
     for x in inputs:
         if x is not None:
-            zero = ((x.detach() if x.requires_grad else x) * 0).sum()
+            zero = _zero(x)
             if zero.dtype != w.dtype or zero.device != w.device:
                 zero = zero.to(device=w.device, dtype=w.dtype)
             w = w + zero
@@ -168,10 +167,15 @@ def nan_guard(w: torch.Tensor, *inputs: torch.Tensor | None) -> torch.Tensor:
 def all_finite(*inputs: torch.Tensor | None) -> torch.Tensor:
     """A 0-d bool tensor: every entry of every input is finite (no host synchronization;
     exact: ``(x * 0).sum()`` is zero for finite entries and NaN otherwise)."""
-    zeros = [((x.detach() if x.requires_grad else x) * 0).sum() for x in inputs if x is not None]
+    zeros = [_zero(x) for x in inputs if x is not None]
     assert zeros
     total = zeros[0] if len(zeros) == 1 else torch.stack(zeros).sum()
     return total == 0
+
+
+def _zero(x: torch.Tensor) -> torch.Tensor:
+    """``(x * 0).sum()``, detached: exactly 0 when every entry is finite, NaN otherwise."""
+    return ((x.detach() if x.requires_grad else x) * 0).sum()
 
 
 def where_finite(ok: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -202,28 +206,18 @@ def project_simplex(y: torch.Tensor) -> torch.Tensor:
 
 
 def clone_state(value: Any) -> Any:
-    """A deep copy of a state value (tensors cloned, lists and dicts copied)."""
+    """A deep copy of a state value: tensors cloned, containers rebuilt (a tuple stays a
+    tuple), immutable leaves shared, anything else through ``copy.deepcopy`` (several times
+    faster than ``copy.deepcopy`` of the whole on a handful of tensors)."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, dict):
         return {k: clone_state(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clone_state(v) for v in value]
-    return value
-
-
-def copied_state(x: Any) -> Any:
-    """A copy of a state dict: tensors cloned, containers rebuilt, immutable leaves shared
-    (``copy.deepcopy`` for anything else; several times faster on a handful of tensors)."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().clone()
-    if isinstance(x, dict):
-        return {key: copied_state(v) for key, v in x.items()}
-    if type(x) in (list, tuple):
-        return type(x)(copied_state(v) for v in x)
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    return copy.deepcopy(x)
+    if type(value) in (list, tuple):
+        return type(value)(clone_state(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return copy.deepcopy(value)
 
 
 def load_tensor_state(
