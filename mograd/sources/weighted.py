@@ -24,8 +24,7 @@ def weighted_update(
     r"""$\sum_i c_i \nabla L_i$ on every leaf the losses reach, by one backward pass
     (``what`` names a non-finite result)."""
     ref = step.losses[0]
-    c = coefficients.detach() if coefficients.requires_grad else coefficients
-    total = ((c if c.dtype == ref.dtype else c.to(ref.dtype)) * torch.stack(step.losses)).sum()
+    total = (coefficients.detach().to(ref.dtype) * torch.stack(step.losses)).sum()
     if not step.distributed and not step.checked:
         # Nothing to check or undo: one plain backward pass, exactly the floor's work.
         torch.autograd.backward(total, retain_graph=step.retain_graph)

@@ -148,11 +148,10 @@ class LossWeighting(Weighting):
         """The coefficients, on ``gram``'s device and dtype when given, else the losses'."""
         assert losses is not None
         values = losses.detach()
-        c = self.weigh_losses(values if values.dtype == torch.float64 else values.double())
+        c = self.weigh_losses(values.double())
         like = gram if gram is not None else values
         dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
-        if c.dtype != dtype or c.device != like.device:
-            c = c.to(device=like.device, dtype=dtype)
+        c = c.to(device=like.device, dtype=dtype)
         if gram is not None:
             c = c + (gram.detach() * 0).sum().to(dtype)  # NaN for a non-finite gram, no sync
         return c

@@ -65,9 +65,7 @@ class Random(LossWeighting):
         w = torch.softmax(z, dim=0)
         if like.device.type == "cuda":
             w = w.pin_memory().to(device=like.device, non_blocking=True)
-        if w.dtype != dtype or w.device != like.device:
-            w = w.to(device=like.device, dtype=dtype)
-        return nan_guard(w, gram, losses)
+        return nan_guard(w.to(device=like.device, dtype=dtype), gram, losses)
 
     def state_dict(self) -> dict[str, Any]:
         """The generator state (the next draws)."""

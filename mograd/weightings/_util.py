@@ -157,10 +157,7 @@ def nan_guard(w: torch.Tensor, *inputs: torch.Tensor | None) -> torch.Tensor:
     """
     for x in inputs:
         if x is not None:
-            zero = _zero(x)
-            if zero.dtype != w.dtype or zero.device != w.device:
-                zero = zero.to(device=w.device, dtype=w.dtype)
-            w = w + zero
+            w = w + _zero(x).to(device=w.device, dtype=w.dtype)
     return w
 
 
@@ -175,7 +172,7 @@ def all_finite(*inputs: torch.Tensor | None) -> torch.Tensor:
 
 def _zero(x: torch.Tensor) -> torch.Tensor:
     """``(x * 0).sum()``, detached: exactly 0 when every entry is finite, NaN otherwise."""
-    return ((x.detach() if x.requires_grad else x) * 0).sum()
+    return (x.detach() * 0).sum()
 
 
 def where_finite(ok: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
